@@ -1,0 +1,108 @@
+"""Reference Infini-attention: a literal, segment-by-segment transcription of the paper.
+
+Munkhdalai et al., "Leave No Context Behind" (arXiv 2404.07143), section 3. Equation numbers
+below are the paper's. Slow and obviously correct on purpose: never optimise this file; the
+fast op in ``chunked.py`` is tested against it.
+
+Shape legend: B batch, T new tokens, H query heads, Hkv key/value heads, Dk key dim,
+Dv value dim, N segment length, n tokens of the current segment.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .checks import check_inputs
+from .state import InfiniState, memory_dtype
+
+
+def sigma(x: Tensor) -> Tensor:
+    """The memory's feature map: ELU + 1 (Katharopoulos et al. 2020), always positive."""
+    return F.elu(x) + 1.0
+
+
+def infini_attention_naive(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    *,
+    segment_len: int,
+    update: str = "delta",
+    q_local: Tensor | None = None,
+    k_local: Tensor | None = None,
+    initial_state: InfiniState | None = None,
+    eps: float = 1e-6,
+) -> tuple[Tensor, InfiniState]:
+    """Same contract as :func:`infini_attention.ops.infini_attention`, one segment at a time."""
+    q_local, k_local, state = check_inputs(
+        q, k, v, beta, segment_len, update, q_local, k_local, initial_state, eps
+    )
+    B, T, H, Dk = q.shape
+    Hkv, Dv = v.shape[2], v.shape[3]
+    group = H // Hkv  # query head h reads key/value head h // group
+    N = segment_len
+    mem_dtype = memory_dtype(q.dtype)
+
+    # The stream as this call sees it: the open segment's buffered tokens, then the new ones.
+    # Absolute index i in [0, t0 + T); segments start at multiples of N; queries exist for i >= t0.
+    t0 = state.buffered
+    K_mem = torch.cat([state.k_mem, k], dim=1)  # [B, t0+T, Hkv, Dk]
+    K_loc = torch.cat([state.k_local, k_local], dim=1)  # [B, t0+T, Hkv, Dk]
+    V = torch.cat([state.v, v], dim=1)  # [B, t0+T, Hkv, Dv]
+    total = t0 + T
+
+    M = [state.M[:, j] for j in range(Hkv)]  # per KV head: [B, Dk, Dv]
+    z = [state.z[:, j] for j in range(Hkv)]  # per KV head: [B, Dk]
+    gate = torch.sigmoid(beta)  # [H]
+    out = q.new_zeros(B, T, H, Dv)
+
+    for seg_start in range(0, total, N) if T > 0 else ():
+        seg_end = min(seg_start + N, total)
+        q_from = max(seg_start, t0)  # first query of this segment that this call produces
+        rows = slice(q_from - t0, seg_end - t0)  # those queries' indices into q / out
+        query_pos = torch.arange(q_from, seg_end)
+        key_pos = torch.arange(seg_start, seg_end)
+        causal = key_pos[None, :] <= query_pos[:, None]  # [n_q, n]
+
+        for h in range(H):
+            j = h // group
+            # eq (6): causal dot-product attention inside the segment, scale 1/sqrt(d_key)
+            scores = q_local[:, rows, h] @ K_loc[:, seg_start:seg_end, j].transpose(1, 2)
+            scores = scores / math.sqrt(Dk)
+            scores = scores.masked_fill(~causal, float("-inf"))
+            A_dot = torch.softmax(scores, dim=-1) @ V[:, seg_start:seg_end, j]  # [B, n_q, Dv]
+
+            # eq (7): retrieval from the memory of earlier segments only (no position encoding)
+            sq = sigma(q[:, rows, h]).to(mem_dtype)  # [B, n_q, Dk]
+            A_mem = (sq @ M[j]) / ((sq @ z[j].unsqueeze(-1)) + eps)  # [B, n_q, Dv]
+
+            # eq (10): learned per-head gate mixes long-term and local context
+            g = gate[h].to(q.dtype)
+            out[:, rows, h] = g * A_mem.to(q.dtype) + (1 - g) * A_dot
+
+        if seg_end - seg_start < N:
+            continue  # an unfinished segment is not written; it stays in the buffers
+        for j in range(Hkv):
+            sk = sigma(K_mem[:, seg_start:seg_end, j]).to(mem_dtype)  # [B, N, Dk]
+            Vj = V[:, seg_start:seg_end, j].to(mem_dtype)  # [B, N, Dv]
+            if update == "linear":
+                M[j] = M[j] + sk.transpose(1, 2) @ Vj  # eq (8)
+            else:
+                retrieved = (sk @ M[j]) / ((sk @ z[j].unsqueeze(-1)) + eps)
+                M[j] = M[j] + sk.transpose(1, 2) @ (Vj - retrieved)  # eq (9)
+            z[j] = z[j] + sk.sum(dim=1)  # eq (8), also for the delta rule
+
+    open_from = (total // N) * N if T > 0 else 0  # the open segment after this call
+    new_state = InfiniState(
+        M=torch.stack(M, dim=1),
+        z=torch.stack(z, dim=1),
+        k_mem=K_mem[:, open_from:].clone(),
+        k_local=K_loc[:, open_from:].clone(),
+        v=V[:, open_from:].clone(),
+    )
+    return out, new_state

@@ -1,0 +1,78 @@
+"""The recurrent state of one Infini-attention layer.
+
+Shape legend: B batch, Hkv key/value heads, Dk key dim, Dv value dim,
+t tokens of the current, unfinished segment (0 <= t < N).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class InfiniState:
+    """Compressive memory plus what the unfinished segment still needs.
+
+    Memory is constant-size; the buffers hold at most ``segment_len - 1`` tokens, so the
+    whole state is bounded whatever the stream length. A segment is written into ``M`` and
+    ``z`` only once it is complete, which is why its keys and values are kept until then.
+    """
+
+    M: Tensor  # [B, Hkv, Dk, Dv] associative memory, float32 (float64 for float64 inputs)
+    z: Tensor  # [B, Hkv, Dk]     normaliser: sum of sigma(K) over written tokens
+    k_mem: Tensor  # [B, t, Hkv, Dk] memory-path keys (no position encoding) of the open segment
+    k_local: Tensor  # [B, t, Hkv, Dk] position-encoded keys of the open segment
+    v: Tensor  # [B, t, Hkv, Dv] values of the open segment
+
+    @classmethod
+    def zeros(
+        cls,
+        batch_size: int,
+        n_kv_heads: int,
+        d_key: int,
+        d_value: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> InfiniState:
+        """Empty memory and no open segment. ``dtype`` is the compute dtype of the buffers."""
+        mem_dtype = memory_dtype(dtype)
+        return cls(
+            M=torch.zeros(batch_size, n_kv_heads, d_key, d_value, dtype=mem_dtype, device=device),
+            z=torch.zeros(batch_size, n_kv_heads, d_key, dtype=mem_dtype, device=device),
+            k_mem=torch.zeros(batch_size, 0, n_kv_heads, d_key, dtype=dtype, device=device),
+            k_local=torch.zeros(batch_size, 0, n_kv_heads, d_key, dtype=dtype, device=device),
+            v=torch.zeros(batch_size, 0, n_kv_heads, d_value, dtype=dtype, device=device),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.M.shape[0]
+
+    @property
+    def buffered(self) -> int:
+        """Tokens of the open segment held in the buffers (its position offset)."""
+        return self.v.shape[1]
+
+    def tensors(self) -> list[Tensor]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every tensor of the state."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def detach(self) -> InfiniState:
+        """A new state with the same values and no autograd history (truncates BPTT)."""
+        return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> InfiniState:
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def memory_dtype(compute_dtype: torch.dtype) -> torch.dtype:
+    """M and z are float32 whatever the compute dtype, float64 when computing in float64."""
+    return torch.float64 if compute_dtype == torch.float64 else torch.float32
