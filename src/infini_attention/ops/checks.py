@@ -84,9 +84,7 @@ def _describe(t: object) -> str:
     return str(_shape(t)) if isinstance(t, Tensor) else type(t).__name__
 
 
-def _check_state(
-    state: InfiniState, B: int, Hkv: int, Dk: int, Dv: int, segment_len: int, q: Tensor
-) -> None:
+def _check_state(state: InfiniState, B: int, Hkv: int, Dk: int, Dv: int, segment_len: int, q: Tensor) -> None:
     if not isinstance(state, InfiniState):
         raise ValueError(f"initial_state must be an InfiniState, got {type(state).__name__}")
     t = state.v.shape[1] if state.v.dim() == 4 else -1

@@ -155,9 +155,7 @@ def _retrieve(q: Tensor, M: Tensor, z: Tensor, eps: float) -> Tensor:
     return a.unflatten(3, (n, H // Hkv)).permute(0, 1, 3, 2, 4, 5).flatten(3, 4)  # [B, S, n, H, Dv]
 
 
-def _write(
-    M: Tensor, z: Tensor, k: Tensor, v: Tensor, update: str, eps: float
-) -> tuple[Tensor, Tensor]:
+def _write(M: Tensor, z: Tensor, k: Tensor, v: Tensor, update: str, eps: float) -> tuple[Tensor, Tensor]:
     """Write complete segments, eq (8) or (9). k ``[B, S, N, Hkv, Dk]``, v ``[B, S, N, Hkv, Dv]``.
 
     Returns memory before each segment and after the last: ``[B, S+1, Hkv, Dk, Dv]`` and
