@@ -1,0 +1,6 @@
+"""Language models built from Infini-attention layers."""
+
+from .config import ModelConfig
+from .transformer import InfiniTransformer, ModelOutput, ModelState
+
+__all__ = ["InfiniTransformer", "ModelConfig", "ModelOutput", "ModelState"]

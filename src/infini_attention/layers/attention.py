@@ -1,0 +1,71 @@
+"""The Infini-attention layer: projections, RoPE on the local path, the op, output projection.
+
+Shape legend: B batch, T tokens, H query heads, Hkv key/value heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import InfiniState, infini_attention
+from .rope import RotaryEmbedding
+
+
+class InfiniAttention(nn.Module):
+    """Multi-head (or grouped-query) Infini-attention (paper eqs. 5-11).
+
+    Q, K, V are shared by both paths; the only parameters beyond ordinary attention are the
+    per-head gate logits ``gate`` ``[H]`` (memory weight ``sigmoid(gate)``). RoPE is applied
+    to the local path only, at positions that restart every segment.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        segment_len: int,
+        *,
+        update: str = "delta",
+        rope_theta: float = 10000.0,
+        gate_init: float = 0.0,
+        bias: bool = False,
+        mem_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.segment_len, self.update, self.mem_eps = segment_len, update, mem_eps
+        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=False)
+        self.gate = nn.Parameter(torch.full((n_heads,), float(gate_init)))
+        self.rope = RotaryEmbedding(head_dim, segment_len, rope_theta)
+        self.op = infini_attention  # tests swap in infini_attention_naive
+
+    def init_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> InfiniState:
+        D = self.head_dim
+        return InfiniState.zeros(batch_size, self.n_kv_heads, D, D, dtype=dtype, device=device)
+
+    def forward(self, x: Tensor, state: InfiniState | None = None) -> tuple[Tensor, InfiniState]:
+        B, T, _ = x.shape
+        q = self.q_proj(x).unflatten(-1, (self.n_heads, self.head_dim))  # [B, T, H, D]
+        k = self.k_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim))  # [B, T, Hkv, D]
+        v = self.v_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim))  # [B, T, Hkv, D]
+        t0 = 0 if state is None else state.buffered  # offset inside the open segment
+        positions = (t0 + torch.arange(T, device=x.device)) % self.segment_len
+        o, state = self.op(
+            q,
+            k,
+            v,
+            self.gate,
+            segment_len=self.segment_len,
+            update=self.update,
+            q_local=self.rope(q, positions),
+            k_local=self.rope(k, positions),
+            initial_state=state,
+            eps=self.mem_eps,
+        )  # o: [B, T, H, D]
+        return self.o_proj(o.flatten(2)), state

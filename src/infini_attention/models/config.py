@@ -1,0 +1,90 @@
+"""Model configuration: one plain dataclass, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..ops.checks import UPDATE_RULES
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-style decoder whose attention layers are Infini-attention.
+
+    Only the first four fields are required; ``None`` fields are derived in ``__post_init__``
+    so that a saved config always holds concrete values.
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None  # None: n_heads (plain multi-head attention)
+    head_dim: int | None = None  # None: d_model // n_heads
+    d_ff: int | None = None  # None: about 8/3 d_model, rounded up to a multiple of 64
+    segment_len: int = 2048  # N: tokens per segment (the paper uses 2048 throughout)
+    update: str = "delta"  # memory write: "linear" (eq. 8) or "delta" (eq. 9)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    gate_init: float = 0.0  # initial gate logit; sigmoid(0) = 0.5 mixes memory and local equally
+    attention_bias: bool = False  # biases on the q/k/v projections (Qwen2 has them)
+    mem_eps: float = 1e-6  # added to the retrieval denominator
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "segment_len"):
+            _positive_int(name, getattr(self, name))
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.d_model % self.n_heads != 0:
+                raise ValueError(
+                    f"d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads}); "
+                    "set head_dim explicitly"
+                )
+            self.head_dim = self.d_model // self.n_heads
+        if self.d_ff is None:
+            self.d_ff = -(-8 * self.d_model // 3 // 64) * 64
+        for name in ("n_kv_heads", "head_dim", "d_ff"):
+            _positive_int(name, getattr(self, name))
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if self.update not in UPDATE_RULES:
+            raise ValueError(f"update must be one of {UPDATE_RULES}, got {self.update!r}")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if isinstance(self.mem_eps, bool) or not isinstance(self.mem_eps, int | float) or self.mem_eps < 0:
+            raise ValueError(f"mem_eps must be a number >= 0, got {self.mem_eps!r}")
+        if isinstance(self.gate_init, bool) or not isinstance(self.gate_init, int | float):
+            raise ValueError(f"gate_init must be a number, got {self.gate_init!r}")
+        for name in ("tie_embeddings", "attention_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from a dict (e.g. ``config.json``); unknown keys are an error, not ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {', '.join(unknown)}")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ValueError(f"ModelConfig is missing required keys: {', '.join(missing)}")
+        return cls(**data)
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
