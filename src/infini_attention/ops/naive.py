@@ -65,8 +65,8 @@ def infini_attention_naive(
         seg_end = min(seg_start + N, total)
         q_from = max(seg_start, t0)  # first query of this segment that this call produces
         rows = slice(q_from - t0, seg_end - t0)  # those queries' indices into q / out
-        query_pos = torch.arange(q_from, seg_end)
-        key_pos = torch.arange(seg_start, seg_end)
+        query_pos = torch.arange(q_from, seg_end, device=q.device)
+        key_pos = torch.arange(seg_start, seg_end, device=q.device)
         causal = key_pos[None, :] <= query_pos[:, None]  # [n_q, n]
 
         for h in range(H):

@@ -1,0 +1,198 @@
+"""Closed-form checks of the memory, independent of both implementations.
+
+Keys and queries that are one-hot in feature space: sigma = ELU + 1 maps 0 to 1 and -1e4 to
+exactly 0 (exp underflows), so a vector that is 0 at one index and -1e4 elsewhere has
+sigma(.) = e_i. With beta = 30 the gate sigmoid(beta) is 1 - 9e-14, so the output is the
+memory path A_mem = sigma(q) M / (sigma(q) z + eps) up to ~1e-13.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from infini_attention.ops import InfiniState
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+EPS = 1e-6
+BIG = 30.0  # gate logit: memory-only output
+F64 = torch.float64
+
+
+def feature(x: torch.Tensor) -> torch.Tensor:
+    """sigma = ELU + 1, written out here rather than imported from the op."""
+    return F.elu(x) + 1.0
+
+
+def one_hot_keys(hot: list[int], Dk: int) -> torch.Tensor:
+    """[len(hot), Dk] raw vectors whose feature map is exactly one-hot at ``hot[t]``."""
+    x = torch.full((len(hot), Dk), -1e4, dtype=F64)
+    x[torch.arange(len(hot)), torch.tensor(hot)] = 0.0
+    return x
+
+
+def test_one_hot_helper_is_exact():
+    x = one_hot_keys([2, 0, 1], 4)
+    assert torch.equal(feature(x), torch.eye(4, dtype=F64)[[2, 0, 1]])
+
+
+def _write_then_read_stream(N: int, Dv: int, repeats: int, queries: list[int], seed: int = 0):
+    """B=1, H=Hkv=1, Dk=N: ``repeats`` copies of one segment whose keys are one-hot on distinct
+    dims (token t -> e_t, values V[t]), then one segment of one-hot queries (``queries``)."""
+    g = torch.Generator().manual_seed(seed)
+    Dk = N
+    V = torch.randn(N, Dv, generator=g, dtype=F64)
+    seg_k = one_hot_keys(list(range(N)), Dk)
+    k = torch.cat([seg_k] * repeats + [one_hot_keys(queries, Dk)], dim=0)
+    v = torch.cat([V] * repeats + [torch.randn(len(queries), Dv, generator=g, dtype=F64)], dim=0)
+    q = torch.cat([torch.randn(N * repeats, Dk, generator=g, dtype=F64), one_hot_keys(queries, Dk)], dim=0)
+    beta = torch.full((1,), BIG, dtype=F64)
+    return q[None, :, None], k[None, :, None], v[None, :, None], beta, V
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_one_hot_keys_store_and_queries_retrieve(op, update, assert_close):
+    N, Dv = 4, 3
+    queries = [2, 0, 3]  # read in the segment after the write
+    q, k, v, beta, V = _write_then_read_stream(N, Dv, repeats=1, queries=queries)
+    o, st = op(q, k, v, beta, segment_len=N, update=update, eps=EPS)
+    # one write from M = 0, z = 0: both rules give M = sum_t e_t V[t]^T = V, z = 1
+    assert_close("M", V, st.M[0, 0], 1e-12, 1e-12)
+    assert_close("z", torch.ones(N, dtype=F64), st.z[0, 0], 1e-12, 0)
+    # retrieval: e_i^T M / (e_i^T z + eps) = V[i] / (1 + eps)
+    expected = V[queries] / (1 + EPS)
+    got = o[0, N:, 0]
+    assert_close("retrieved", expected, got, 1e-12, 1e-12)
+    # and it really is within eps of the stored value, not exactly it (eps is in the denominator)
+    assert (got - V[queries]).abs().max() <= 2 * EPS * V.abs().max()
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_writing_the_same_segment_twice(op, update, assert_close):
+    N, Dv = 4, 5
+    queries = [1, 3]
+    q, k, v, beta, V = _write_then_read_stream(N, Dv, repeats=2, queries=queries)
+    o, st = op(q, k, v, beta, segment_len=N, update=update, eps=EPS)
+    M, z = st.M[0, 0], st.z[0, 0]
+    assert_close("z", torch.full((N,), 2.0, dtype=F64), z, 1e-12, 0)
+    if update == "linear":
+        expected_M = 2 * V  # eq (8): the binding is added again
+        assert_close("M (linear: doubles)", expected_M, M, 1e-12, 1e-12)
+    else:
+        # eq (9): the second write adds V - V / (1 + eps): M unchanged up to a relative eps
+        expected_M = V * (1 + EPS / (1 + EPS))
+        assert_close("M (delta: closed form)", expected_M, M, 1e-12, 1e-12)
+        assert_close("M (delta: unchanged)", V, M, 0, 2 * EPS)
+        assert (M - 2 * V).abs().max() > 0.1 * V.abs().max()
+    # later retrieval reads M[i] / (z[i] + eps) with z = 2
+    assert_close("retrieved", expected_M[queries] / (2 + EPS), o[0, 2 * N :, 0], 1e-12, 1e-12)
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_z_is_the_sum_of_key_features(op, update, make_inputs, assert_close):
+    N = 5
+    x = make_inputs(2, 2 * N + 3, 4, 2, 3, 2, seed=11)
+    _, st = op(x["q"], x["k"], x["v"], x["beta"], segment_len=N, update=update)
+    # the first two segments are written, the 3 trailing tokens are not
+    expected = feature(x["k"][:, : 2 * N]).sum(dim=1)  # [B, Hkv, Dk]
+    assert_close("z", expected, st.z, 1e-12, 1e-12)
+    assert st.buffered == 3
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_first_segment_retrieves_zeros(op, update, make_inputs):
+    N = 6
+    x = make_inputs(2, 2 * N, 4, 2, 3, 5, seed=12)
+    beta = torch.full((4,), BIG, dtype=F64)
+    o, _ = op(x["q"], x["k"], x["v"], beta, segment_len=N, update=update)
+    first, second = o[:, :N], o[:, N:]
+    bound = 1e-12 * x["v"].abs().max()  # (1 - sigmoid(30)) * |A_dot|
+    assert first.abs().max() <= bound, f"first segment output {first.abs().max():.3e} is not ~0"
+    # the second segment reads a non-empty memory (so this test can fail)
+    assert second.abs().amin(dim=-1).max() > 1e-3
+
+
+def test_linear_memory_closed_form(op, make_inputs, assert_close):
+    """Linear rule with random inputs: M = sum over written tokens of sigma(k)^T v, per KV head."""
+    N = 4
+    x = make_inputs(2, 3 * N + 1, 6, 3, 4, 3, seed=13)
+    _, st = op(x["q"], x["k"], x["v"], x["beta"], segment_len=N, update="linear")
+    sk, vv = feature(x["k"][:, : 3 * N]), x["v"][:, : 3 * N]
+    expected = torch.einsum("bthd,bthe->bhde", sk, vv)
+    assert_close("M", expected, st.M, 1e-12, 1e-12)
+
+
+# --- GQA: query head h reads KV head h // (H / Hkv) (repeat_interleave order) ------------------
+
+
+def _retrieve(q: torch.Tensor, M: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """eq (7) for one head: q [B, T, Dk], M [B, Dk, Dv], z [B, Dk] -> [B, T, Dv]."""
+    sq = feature(q)
+    return (sq @ M) / ((sq @ z.unsqueeze(-1)) + EPS)
+
+
+def _check_gqa(o, q, M, z, H, Hkv, assert_close):
+    G = H // Hkv
+    differs = 0
+    for h in range(H):
+        expected = _retrieve(q[:, :, h], M[:, h // G], z[:, h // G])
+        assert_close(f"head {h} reads KV head {h // G}", expected, o[:, :, h], 1e-9, 1e-9)
+        wrong = _retrieve(q[:, :, h], M[:, h % Hkv], z[:, h % Hkv])
+        if h // G != h % Hkv:
+            differs += 1
+            assert (expected - wrong).abs().max() > 1e-2, "test inputs do not tell the two orders apart"
+            assert (o[:, :, h] - wrong).abs().max() > 1e-2
+    assert differs > 0
+
+
+def _distinct_state(B, Hkv, Dk, Dv, buffered, g) -> InfiniState:
+    """A state whose KV heads have clearly different memories (M random, z positive)."""
+
+    def randn(*s):
+        return torch.randn(*s, generator=g, dtype=F64)
+
+    M = randn(B, Hkv, Dk, Dv) * 3 + torch.arange(Hkv, dtype=F64)[None, :, None, None] * 5
+    z = randn(B, Hkv, Dk).abs() + 1
+    return InfiniState(
+        M=M,
+        z=z,
+        k_mem=randn(B, buffered, Hkv, Dk),
+        k_local=randn(B, buffered, Hkv, Dk),
+        v=randn(B, buffered, Hkv, Dv),
+    )
+
+
+@pytest.mark.parametrize("H,Hkv", [(4, 2), (6, 2)])
+@pytest.mark.parametrize(
+    "buffered,T",
+    [
+        pytest.param(0, 3, id="tail"),  # no open segment, fewer than N tokens
+        pytest.param(0, 5, id="full-segment"),  # exactly one complete segment
+        pytest.param(2, 3, id="open-segment"),  # continues an open segment (completes it)
+    ],
+)
+def test_gqa_order_from_initial_state(op, H, Hkv, buffered, T, make_inputs, assert_close):
+    N, B, Dk, Dv = 5, 2, 3, 4
+    g = torch.Generator().manual_seed(20)
+    st0 = _distinct_state(B, Hkv, Dk, Dv, buffered, g)
+    x = make_inputs(B, T, H, Hkv, Dk, Dv, seed=21)
+    beta = torch.full((H,), BIG, dtype=F64)
+    o, _ = op(x["q"], x["k"], x["v"], beta, segment_len=N, update="delta", initial_state=st0)
+    _check_gqa(o, x["q"], st0.M, st0.z, H, Hkv, assert_close)
+
+
+@pytest.mark.parametrize("H,Hkv", [(4, 2), (6, 2)])
+def test_gqa_order_from_written_segment(op, H, Hkv, make_inputs, assert_close):
+    """Each KV head writes its own memory in segment 1; segment 2 reads it."""
+    N, B, Dk, Dv = 4, 1, 3, 4
+    x = make_inputs(B, 2 * N, H, Hkv, Dk, Dv, seed=22)
+    v = x["v"].clone()
+    v[:, :, 1] += 4.0  # make the KV heads' values clearly different
+    beta = torch.full((H,), BIG, dtype=F64)
+    o, _ = op(x["q"], x["k"], v, beta, segment_len=N, update="linear")
+    sk = feature(x["k"][:, :N])
+    M = torch.einsum("bthd,bthe->bhde", sk, v[:, :N])
+    z = sk.sum(dim=1)
+    _check_gqa(o[:, N:], x["q"][:, N:], M, z, H, Hkv, assert_close)
