@@ -4,10 +4,16 @@ Munkhdalai, Faruqui, Gopal, "Leave No Context Behind: Efficient Infinite Context
 with Infini-attention" (arXiv 2404.07143).
 """
 
-from . import ops
-from .generation import stream_generate
-from .models import InfiniTransformer, ModelConfig, ModelOutput, ModelState
-from .ops import InfiniState, infini_attention, infini_attention_naive
+import warnings
+
+# torch warns at import when NumPy is absent; nothing here uses NumPy, so keep stderr clean
+# (the CLI promises one-line errors). Only this one message is filtered.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
+
+from . import ops  # noqa: E402 (after the filter)
+from .generation import stream_generate  # noqa: E402
+from .models import InfiniTransformer, ModelConfig, ModelOutput, ModelState  # noqa: E402
+from .ops import InfiniState, infini_attention, infini_attention_naive  # noqa: E402
 
 __version__ = "0.1.0"
 
