@@ -1,14 +1,20 @@
 """Command-line entry point ``infini``. Thin: parses arguments and calls the library.
 
-Errors are one line on stderr and a non-zero exit status, never a traceback.
+Each subcommand lives in ``infini_attention/commands/<name>.py`` with ``add_parser(subparsers)``
+and ``run(args) -> int``; modules are imported lazily so ``infini --help`` stays fast.
+Errors are one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from . import __version__
+
+# subcommand name -> module under infini_attention.commands
+COMMANDS = ["check", "data", "train", "eval", "generate", "plot", "demo"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,6 +24,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+class UsageError(Exception):
+    """A problem with what the user asked for; printed as one line, exit 2."""
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="infini",
@@ -25,15 +35,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"infini-attention {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    check = sub.add_parser(
-        "check",
-        help="verify the fast op against the reference on this machine",
-        description="Compare the fast op with the literal reference (outputs, state, gradients) and "
-        "check that a stream split at random points equals one call, on random inputs.",
-    )
-    check.add_argument("--device", default="cpu", help="torch device to check (default: cpu)")
-    check.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"infini_attention.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"infini_attention.commands.{name}":
+                continue  # not built yet
+            raise
+        module.add_parser(sub)
     return parser
 
 
@@ -43,18 +52,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    module = importlib.import_module(f"infini_attention.commands.{args.command}")
     try:
-        if args.command == "check":
-            from .selfcheck import run_selfcheck
-
-            return 0 if run_selfcheck(args.device, args.seed) else 1
-    except (ValueError, OSError, RuntimeError) as err:
-        print(f"infini: error: {err}", file=sys.stderr)
+        return int(module.run(args) or 0)
+    except ModuleNotFoundError as err:
+        print(
+            f"infini: error: this command needs the '{err.name}' package: "
+            "pip install 'infini-attention[pipeline]'",
+            file=sys.stderr,
+        )
+        return 2
+    except (UsageError, ValueError, OSError, RuntimeError, KeyError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"infini: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("infini: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":
