@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from ..ops import InfiniState, infini_attention
 from .rope import RotaryEmbedding
 
+_NO_WRITE = -1e4  # memory-path key for padding
+
 
 class InfiniAttention(nn.Module):
     """Multi-head (or grouped-query) Infini-attention (paper eqs. 5-11).
@@ -49,16 +51,23 @@ class InfiniAttention(nn.Module):
         D = self.head_dim
         return InfiniState.zeros(batch_size, self.n_kv_heads, D, D, dtype=dtype, device=device)
 
-    def forward(self, x: Tensor, state: InfiniState | None = None) -> tuple[Tensor, InfiniState]:
+    def forward(
+        self, x: Tensor, state: InfiniState | None = None, pad_mask: Tensor | None = None
+    ) -> tuple[Tensor, InfiniState]:
+        """x ``[B, T, d_model]``; ``pad_mask`` ``[B, T]`` True on padding, which writes nothing."""
         B, T, _ = x.shape
         q = self.q_proj(x).unflatten(-1, (self.n_heads, self.head_dim))  # [B, T, H, D]
         k = self.k_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim))  # [B, T, Hkv, D]
         v = self.v_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim))  # [B, T, Hkv, D]
+        k_mem = k
+        if pad_mask is not None:
+            # sigma(-1e4) = elu(-1e4) + 1 is exactly 0 in float32: padding adds nothing to M or z
+            k_mem = k.masked_fill(pad_mask[:, :, None, None], _NO_WRITE)
         t0 = 0 if state is None else state.buffered  # offset inside the open segment
         positions = (t0 + torch.arange(T, device=x.device)) % self.segment_len
         o, state = self.op(
             q,
-            k,
+            k_mem,
             v,
             self.gate,
             segment_len=self.segment_len,

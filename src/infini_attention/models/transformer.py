@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,12 @@ class ModelState:
     def to(self, device: torch.device | str) -> ModelState:
         return ModelState(tuple(layer.to(device) for layer in self.layers), self.segment_len)
 
+    def reset_rows(self, rows: Tensor) -> ModelState:
+        """Empty the memory of the streams where ``rows`` ``[B]`` is True (at a segment boundary)."""
+        if self.buffered:
+            raise ValueError("memory can only be reset at a segment boundary (no open segment)")
+        return ModelState(tuple(layer.reset_rows(rows) for layer in self.layers), self.segment_len)
+
 
 @dataclass
 class ModelOutput:
@@ -75,8 +82,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(c.d_model, c.norm_eps)
         self.mlp = SwiGLU(c.d_model, c.d_ff)
 
-    def forward(self, x: Tensor, state: InfiniState | None) -> tuple[Tensor, InfiniState]:
-        a, state = self.attn(self.attn_norm(x), state)
+    def forward(
+        self, x: Tensor, state: InfiniState | None, pad_mask: Tensor | None = None
+    ) -> tuple[Tensor, InfiniState]:
+        a, state = self.attn(self.attn_norm(x), state, pad_mask)
         x = x + a
         return x + self.mlp(self.mlp_norm(x)), state
 
@@ -135,6 +144,8 @@ class InfiniTransformer(nn.Module):
         state: ModelState | None = None,
         labels: Tensor | None = None,
         *,
+        pad_mask: Tensor | None = None,
+        doc_start: Tensor | None = None,
         detach_every: int | None = None,
         checkpoint_segments: bool = False,
         logits_to_keep: int = 0,
@@ -145,6 +156,11 @@ class InfiniTransformer(nn.Module):
             state: from an earlier call (None: a new stream).
             labels: ``[B, T]`` targets already shifted (``labels[:, t]`` follows
                 ``input_ids[:, t]``); -100 is ignored.
+            pad_mask: ``[B, T]`` True on padding. Padding writes nothing into the memory; put it
+                after a row's real tokens (causal attention then never sees it) and label it -100.
+            doc_start: ``[B, T]`` True where a new document begins: that row's memory is emptied
+                there, so nothing leaks from one document into the next. Must fall on segment
+                boundaries (stream positions that are multiples of ``segment_len``).
             detach_every: truncated BPTT: cut the gradient through the memory every this many
                 segment boundaries (None: full BPTT through the whole input, as the paper).
             checkpoint_segments: recompute each segment in the backward pass instead of
@@ -155,10 +171,13 @@ class InfiniTransformer(nn.Module):
         B, T = input_ids.shape
         if state is None:
             state = self.init_state(B)
-        if T == 0 or (detach_every is None and not checkpoint_segments):
-            hidden, state = self._body(input_ids, state)
+        resets = self._reset_points(doc_start, state, input_ids.shape)
+        pad_mask = _check_mask("pad_mask", pad_mask, input_ids.shape)
+        if T == 0 or (not resets and detach_every is None and not checkpoint_segments):
+            hidden, state = self._body(input_ids, state, pad_mask)
         else:
-            hidden, state = self._chunked(input_ids, state, detach_every, checkpoint_segments)
+            ckpt = checkpoint_segments
+            hidden, state = self._chunked(input_ids, state, pad_mask, resets, detach_every, ckpt)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)  # [B, T, V]
@@ -169,39 +188,72 @@ class InfiniTransformer(nn.Module):
             loss = _cross_entropy(logits, labels)
         return ModelOutput(logits=logits, loss=loss, state=state)
 
-    def _body(self, input_ids: Tensor, state: ModelState) -> tuple[Tensor, ModelState]:
+    def _body(
+        self, input_ids: Tensor, state: ModelState, pad_mask: Tensor | None = None
+    ) -> tuple[Tensor, ModelState]:
         x = self.embed(input_ids)  # [B, T, D]
         layers = []
         for block, layer_state in zip(self.blocks, state.layers, strict=True):
-            x, layer_state = block(x, layer_state)
+            x, layer_state = block(x, layer_state, pad_mask)
             layers.append(layer_state)
         return self.norm(x), ModelState(tuple(layers), state.segment_len)
 
     def _chunked(
-        self, input_ids: Tensor, state: ModelState, detach_every: int | None, ckpt: bool
+        self,
+        input_ids: Tensor,
+        state: ModelState,
+        pad_mask: Tensor | None,
+        resets: dict[int, Tensor],
+        detach_every: int | None,
+        ckpt: bool,
     ) -> tuple[Tensor, ModelState]:
-        """Run segment-aligned chunks in turn (for truncated BPTT and/or checkpointing)."""
+        """Run segment-aligned chunks in turn: for document resets, truncated BPTT, checkpointing.
+
+        The input is cut at segment boundaries into pieces (the first one finishes the open
+        segment); consecutive pieces are grouped into one batched chunk unless something must
+        happen between them: a reset, a detach, or (with checkpointing) every piece.
+        """
         N, T = self.config.segment_len, input_ids.shape[1]
-        # boundaries: the end of the open segment, then every N tokens
         cuts = list(range((N - state.buffered) % N or N, T, N))
         pieces = [(a, b) for a, b in zip([0, *cuts], [*cuts, T], strict=True) if b > a]
-        if not ckpt:  # group detach_every segments into one batched chunk
-            k = detach_every
-            pieces = [
-                (pieces[i][0], pieces[min(i + k, len(pieces)) - 1][1]) for i in range(0, len(pieces), k)
-            ]
-        hidden = []
-        crossed = 0  # segment boundaries passed since the start of this call
-        for a, b in pieces:
-            if detach_every is not None and crossed and crossed % detach_every == 0:
-                state = state.detach()
-            if ckpt:
-                h, state = checkpoint(self._body, input_ids[:, a:b], state, use_reentrant=False)
+        chunks: list[tuple[int, int, int]] = []  # (first piece index, start, end)
+        for i, (a, b) in enumerate(pieces):
+            detach_here = detach_every is not None and i > 0 and i % detach_every == 0
+            if not chunks or ckpt or detach_here or a in resets:
+                chunks.append((i, a, b))
             else:
-                h, state = self._body(input_ids[:, a:b], state)
+                chunks[-1] = (chunks[-1][0], chunks[-1][1], b)
+        hidden = []
+        for i, a, b in chunks:  # i: segment boundaries crossed before this chunk
+            if detach_every is not None and i > 0 and i % detach_every == 0:
+                state = state.detach()
+            if a in resets:
+                state = state.reset_rows(resets[a])
+            mask = None if pad_mask is None else pad_mask[:, a:b]
+            if ckpt:
+                h, state = checkpoint(self._body, input_ids[:, a:b], state, mask, use_reentrant=False)
+            else:
+                h, state = self._body(input_ids[:, a:b], state, mask)
             hidden.append(h)
-            crossed += 1 if ckpt else (detach_every or 1)
         return torch.cat(hidden, dim=1), state
+
+    def _reset_points(
+        self, doc_start: Tensor | None, state: ModelState, shape: torch.Size
+    ) -> dict[int, Tensor]:
+        """Token index -> rows whose memory is emptied before that token."""
+        doc_start = _check_mask("doc_start", doc_start, shape)
+        if doc_start is None:
+            return {}
+        N = self.config.segment_len
+        columns = doc_start.any(dim=0).nonzero().flatten().tolist()
+        misplaced = [t for t in columns if (state.buffered + t) % N != 0]
+        if misplaced:
+            raise ValueError(
+                f"doc_start must fall on segment boundaries (stream positions that are multiples of "
+                f"segment_len={N}); token {misplaced[0]} is at stream offset "
+                f"{(state.buffered + misplaced[0]) % N} inside its segment"
+            )
+        return {t: doc_start[:, t] for t in columns}
 
     def _check_inputs(
         self,
@@ -244,6 +296,34 @@ class InfiniTransformer(nn.Module):
                 f"state is for batch size {state.batch_size}, but input_ids has batch size "
                 f"{input_ids.shape[0]}"
             )
+
+
+@contextmanager
+def memory_disabled(model: InfiniTransformer) -> Iterator[InfiniTransformer]:
+    """Gate the memory off in every layer (local attention only) inside the block.
+
+    sigmoid(-1e4) is exactly 0, so outputs equal a model without memory; the gates are restored
+    on exit, also after an exception.
+    """
+    saved = [gate.detach().clone() for gate in model.gates()]
+    try:
+        with torch.no_grad():
+            for gate in model.gates():
+                gate.fill_(-1e4)
+        yield model
+    finally:
+        with torch.no_grad():
+            for gate, value in zip(model.gates(), saved, strict=True):
+                gate.copy_(value)
+
+
+def _check_mask(name: str, mask: Tensor | None, shape: torch.Size) -> Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.shape != shape:
+        got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"{name} must have the shape of input_ids {tuple(shape)}, got {got}")
+    return mask.bool()
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

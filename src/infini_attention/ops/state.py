@@ -69,6 +69,15 @@ class InfiniState:
         """A new state with the same values and no autograd history (truncates BPTT)."""
         return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self)})
 
+    def reset_rows(self, rows: Tensor) -> InfiniState:
+        """Empty memory (M = 0, z = 0) for the batch rows where ``rows`` ``[B]`` is True.
+
+        Multiplies rather than assigns, so autograd stays simple; buffers are kept (callers
+        reset at segment boundaries, where they are empty).
+        """
+        keep = (~rows.bool()).to(self.M.dtype)  # [B]
+        return replace(self, M=self.M * keep[:, None, None, None], z=self.z * keep[:, None, None])
+
     def to(self, device: torch.device | str) -> InfiniState:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
