@@ -21,12 +21,14 @@ def stream_generate(
     eos_id: int | None = None,
     *,
     generator: torch.Generator | None = None,
+    prefill_segments: int = 8,
 ) -> Generator[int | Tensor, None, ModelState]:
     """Yield new token ids one at a time, after streaming the prompt through the model.
 
-    The prompt ``[T]`` (or ``[B, T]``) is fed segment by segment, so its length costs time but
-    not memory. Decoding keeps a key/value cache of at most ``segment_len - 1`` tokens (the
-    open segment) and writes it to memory when the segment completes.
+    The prompt ``[T]`` (or ``[B, T]``) is fed ``prefill_segments`` segments at a time (batched,
+    then the activations are dropped), so its length costs time but not memory. Decoding keeps
+    a key/value cache of at most ``segment_len - 1`` tokens (the open segment) and writes it to
+    memory when the segment completes.
 
     Yields an ``int`` per step for a 1-D prompt, a ``[B]`` tensor for a 2-D one. Stops after
     ``max_new_tokens`` or once every sequence has produced ``eos_id`` (which is yielded).
@@ -46,18 +48,20 @@ def stream_generate(
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if isinstance(prefill_segments, bool) or not isinstance(prefill_segments, int) or prefill_segments < 1:
+        raise ValueError(f"prefill_segments must be an int >= 1, got {prefill_segments!r}")
     single = input_ids.dim() == 1
     ids = input_ids[None] if single else input_ids
     ids = ids.to(model.embed.weight.device)
     N = model.config.segment_len
 
-    # Prefill one segment at a time, keeping only the last position's logits.
+    # Prefill a few segments at a time, keeping only the last position's logits.
     logits = None
     if state is None:
         state = model.init_state(ids.shape[0])
     start = 0
     while start < ids.shape[1]:
-        end = min(start + N - state.buffered, ids.shape[1])
+        end = min(start + prefill_segments * N - state.buffered, ids.shape[1])
         out = model(ids[:, start:end], state, logits_to_keep=1)
         logits, state = out.logits[:, -1], out.state
         start = end
