@@ -1,0 +1,412 @@
+"""Passkey retrieval (paper section 4.3 and App. B): find a 5-digit key hidden in a long haystack.
+
+The prompt is the paper's, verbatim (including its "There and ack again" typo)::
+
+    INTRO + FILLER * x + KEY_SENTENCE + FILLER_AFTER * y + QUESTION
+
+where the key sentence reads ``" The pass key is 12345. Remember it. 12345 is the pass key."``.
+Every piece after the intro starts with a space, so with a byte-level BPE (GPT-2 style
+pre-tokenisation) encoding the pieces separately and concatenating the ids gives the same ids as
+encoding the whole text. The prompt is therefore built as token ids: each piece is encoded once,
+the filler blocks' ids are repeated, and the prompt is produced chunk by chunk
+(``PasskeyPrompt.chunks``), never as text and never as one tensor, so a 1M-token prompt costs no
+more memory than a short one.
+
+Length: ``length`` is the prompt's length in tokens (the answer not counted). With ``fixed`` the
+tokens of intro + key sentence + question, ``x`` and ``y`` are chosen so that the total
+``fixed + x * len(FILLER) + y * len(FILLER_AFTER)`` is at most ``length`` and less than one filler
+block short of it.
+
+Depth: the key's depth is the share of the filler tokens that come before the key sentence,
+``x * len(FILLER) / (x * len(FILLER) + y * len(FILLER_AFTER))``. For each trial it is drawn
+(seeded) uniformly within the position's band and rounded to whole filler blocks:
+
+- ``start``: depth in [0, 0.1];
+- ``middle``: depth in [0.45, 0.55];
+- ``end``: the whole key sentence lies in the prompt's last segment (the tokens after the last
+  multiple of ``segment_len``), which the question's tokens attend to locally: ``y`` is drawn
+  uniformly among the counts that keep it there. When that last segment is too short to hold the
+  key sentence and the question, ``y = 0`` (the key right before the question).
+
+Scoring: greedy decoding of up to ``max_new_tokens`` (8) tokens; a trial is correct when the
+first 5-digit number in the decoded continuation (a run of exactly five digits) equals the key.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .perplexity import format_tokens
+
+INTRO = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+    "I will quiz you about the important information there."
+)
+FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+FILLER_AFTER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and ack again."
+KEY_SENTENCE = " The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = " What is the pass key? The pass key is"
+
+POSITIONS = ("start", "middle", "end")
+DEPTH_BANDS = {"start": (0.0, 0.1), "middle": (0.45, 0.55)}
+_FIVE_DIGITS = re.compile(r"(?<!\d)\d{5}(?!\d)")
+
+
+def prompt_text(key: str, x: int, y: int) -> str:
+    """The prompt as text, for short prompts and tests (long runs never build it)."""
+    return INTRO + FILLER * x + KEY_SENTENCE.format(key=key) + FILLER_AFTER * y + QUESTION
+
+
+def first_five_digit_number(text: str) -> str | None:
+    """The first run of exactly five digits in ``text``, or None."""
+    m = _FIVE_DIGITS.search(text)
+    return m.group(0) if m else None
+
+
+def score(decoded: str, key: str) -> bool:
+    """Exact match: the continuation's first 5-digit number is the key."""
+    return first_five_digit_number(decoded) == key
+
+
+@dataclass(frozen=True)
+class PasskeyParts:
+    """Token ids of the prompt's fixed pieces for one tokenizer, encoded once."""
+
+    intro: tuple[int, ...]
+    filler: tuple[int, ...]
+    filler_after: tuple[int, ...]
+    question: tuple[int, ...]
+    tokenizer: Any = field(repr=False, compare=False)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> PasskeyParts:
+        parts = [tuple(tokenizer.encode(s)) for s in (INTRO, FILLER, FILLER_AFTER, QUESTION)]
+        if not all(parts):
+            raise ValueError("the tokenizer encodes a passkey prompt piece to no tokens")
+        return cls(*parts, tokenizer=tokenizer)
+
+    def key_ids(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(KEY_SENTENCE.format(key=key)))
+
+    def min_length(self) -> int:
+        """The shortest prompt: no filler at all (a 5-digit key sentence's length varies a little)."""
+        return len(self.intro) + len(self.key_ids("00000")) + len(self.question)
+
+
+@dataclass(frozen=True)
+class PasskeyPrompt:
+    """A passkey prompt as runs of repeated token blocks, produced chunk by chunk."""
+
+    key: str
+    x: int  # filler blocks before the key
+    y: int  # filler blocks after the key
+    runs: tuple[tuple[tuple[int, ...], int], ...]  # (block ids, repeats)
+
+    def __len__(self) -> int:
+        return sum(len(block) * n for block, n in self.runs)
+
+    @property
+    def key_start(self) -> int:
+        """Token index where the key sentence begins."""
+        return sum(len(block) * n for block, n in self.runs[:2])
+
+    @property
+    def key_end(self) -> int:
+        return self.key_start + len(self.runs[2][0])
+
+    @property
+    def depth(self) -> float:
+        """Share of the filler tokens before the key sentence."""
+        before = len(self.runs[1][0]) * self.x
+        filler = before + len(self.runs[3][0]) * self.y
+        return before / filler if filler else 0.0
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """Token ids ``[start, stop)`` of the prompt as an int64 array (built from the runs)."""
+        out, offset = [], 0
+        for block, n in self.runs:
+            size = len(block) * n
+            a, b = max(start, offset), min(stop, offset + size)
+            if a < b:
+                idx = np.arange(a - offset, b - offset) % len(block)
+                out.append(np.asarray(block, dtype=np.int64)[idx])
+            offset += size
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def chunks(self, chunk_len: int) -> Iterator[torch.Tensor]:
+        """The prompt's ids in 1-D tensors of ``chunk_len`` tokens (the last may be shorter)."""
+        T = len(self)
+        for a in range(0, T, chunk_len):
+            yield torch.from_numpy(self.slice(a, min(a + chunk_len, T)))
+
+    def ids(self) -> torch.Tensor:
+        """The whole prompt as one tensor (for tests and short prompts)."""
+        return torch.from_numpy(self.slice(0, len(self)))
+
+
+def build_prompt(
+    parts: PasskeyParts,
+    length: int,
+    position: str,
+    key: str,
+    segment_len: int,
+    rng: random.Random | None = None,
+) -> PasskeyPrompt:
+    """The prompt of ``length`` tokens (within one filler block) with ``key`` at ``position``.
+
+    See the module docstring for how the depth is drawn; ``rng`` None uses the band's middle
+    (and, for ``end``, the largest ``y`` that keeps the key in the last segment).
+    """
+    _check_length(length)
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}")
+    if not re.fullmatch(r"\d{5}", key):
+        raise ValueError(f"the key must be 5 digits, got {key!r}")
+    key_ids = parts.key_ids(key)
+    n1, n2 = len(parts.filler), len(parts.filler_after)
+    fixed = len(parts.intro) + len(key_ids) + len(parts.question)
+    budget = length - fixed
+    if budget < 0:
+        raise ValueError(
+            f"length {length} is too short for the passkey prompt "
+            f"(at least {fixed} tokens with this tokenizer)"
+        )
+    if position == "end":
+        tail = length - ((length - 1) // segment_len) * segment_len  # tokens in the last segment
+        # key_start >= start of the last segment, whatever the leftover r < n1 of the fit
+        y_max = (tail - (n1 - 1) - len(parts.question) - len(key_ids)) // n2
+        y_max = max(0, min(y_max, budget // n2))
+        y = y_max if rng is None else rng.randint(0, y_max)
+        x = (budget - y * n2) // n1
+    else:
+        lo, hi = DEPTH_BANDS[position]
+        depth = (lo + hi) / 2 if rng is None else rng.uniform(lo, hi)
+        x = min(round(depth * budget / n1), budget // n1)
+        y = (budget - x * n1) // n2
+    runs = ((parts.intro, 1), (parts.filler, x), (key_ids, 1), (parts.filler_after, y), (parts.question, 1))
+    return PasskeyPrompt(key=key, x=x, y=y, runs=runs)
+
+
+@torch.no_grad()
+def prefill(model, prompt: PasskeyPrompt, *, prefill_segments: int = 8, state=None):
+    """Stream all but the prompt's last chunk through the model.
+
+    Returns ``(state, rest, state_bytes)``: the state after the streamed part, the remaining ids
+    (1 to ``prefill_segments * segment_len`` tokens, for ``stream_generate``) and the largest
+    ``state.nbytes`` seen between chunks (constant: chunks are whole segments).
+    """
+    N = model.config.segment_len
+    chunk = prefill_segments * N
+    device = next(model.parameters()).device
+    if state is None:
+        state = model.init_state(1)
+    state_bytes = state.nbytes
+    T = len(prompt)
+    last = ((T - 1) // chunk) * chunk  # start of the final chunk
+    for a in range(0, last, chunk):
+        ids = torch.from_numpy(prompt.slice(a, a + chunk)).to(device)[None]
+        state = model(ids, state, logits_to_keep=1).state
+        state_bytes = max(state_bytes, state.nbytes)
+    return state, torch.from_numpy(prompt.slice(last, T)), state_bytes
+
+
+def run_trial(
+    model, parts: PasskeyParts, prompt: PasskeyPrompt, *, max_new_tokens: int = 8, prefill_segments: int = 8
+) -> dict[str, Any]:
+    """One greedy retrieval: prefill the prompt, decode, score. Returns a JSON-ready dict."""
+    from ..generation import stream_generate
+
+    t0 = time.perf_counter()
+    state, rest, state_bytes = prefill(model, prompt, prefill_segments=prefill_segments)
+    tokens: list[int] = []
+    text = ""
+    gen = stream_generate(
+        model,
+        rest,
+        max_new_tokens=max_new_tokens,
+        state=state,
+        eos_id=getattr(parts.tokenizer, "eos_id", None),
+        prefill_segments=prefill_segments,
+    )
+    for token in gen:
+        tokens.append(int(token))
+        text = parts.tokenizer.decode(tokens)
+        m = _FIVE_DIGITS.search(text)
+        if m and m.end() < len(text):  # a complete 5-digit number followed by something else
+            break
+    gen.close()
+    seconds = time.perf_counter() - t0
+    return {
+        "key": prompt.key,
+        "output": text,
+        "answer": first_five_digit_number(text),
+        "correct": score(text, prompt.key),
+        "prompt_tokens": len(prompt),
+        "key_start": prompt.key_start,
+        "depth": prompt.depth,
+        "seconds": seconds,
+        "state_bytes": state_bytes,
+    }
+
+
+def _check_length(length: Any) -> None:
+    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+        raise ValueError(f"lengths must be positive ints, got {length!r}")
+
+
+def _trial_rng(seed: int, length: int, position: str, trial: int) -> random.Random:
+    """An independent, reproducible stream per cell and trial (not tied to which cells run)."""
+    return random.Random(f"passkey-{seed}-{length}-{position}-{trial}")
+
+
+def run_passkey(
+    model,
+    tokenizer,
+    lengths: Sequence[int],
+    positions: Sequence[str] = POSITIONS,
+    trials: int = 5,
+    seed: int = 0,
+    *,
+    max_new_tokens: int = 8,
+    prefill_segments: int = 8,
+    progress=None,
+) -> dict[str, Any]:
+    """Passkey accuracy for every (length, position) cell, ``trials`` random keys each.
+
+    Returns a JSON-ready dict: ``{"lengths", "positions", "trials", "seed", "segment_len",
+    "cells": [{"length", "position", "trials", "correct", "accuracy", "prompt_tokens", "seconds",
+    "tokens_per_s", "samples": [run_trial's dicts]}], "tokens", "seconds", "tokens_per_s"}``.
+    ``progress(cell)`` is called after each cell.
+    """
+    lengths = list(lengths)
+    positions = list(positions)
+    if not lengths:
+        raise ValueError("give at least one length")
+    for length in lengths:
+        _check_length(length)
+    if not positions:
+        raise ValueError("give at least one position")
+    for p in positions:
+        if p not in POSITIONS:
+            raise ValueError(f"positions must be among {', '.join(POSITIONS)}, got {p!r}")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be an int >= 1, got {trials!r}")
+    parts = PasskeyParts.from_tokenizer(tokenizer)
+    for length in lengths:  # fail before any long run, not halfway
+        if length < parts.min_length() + 1:
+            raise ValueError(
+                f"length {length} is too short for the passkey prompt "
+                f"(at least {parts.min_length() + 1} tokens with this tokenizer)"
+            )
+    N = model.config.segment_len
+    cells = []
+    for length in lengths:
+        for position in positions:
+            samples = []
+            for trial in range(trials):
+                rng = _trial_rng(seed, length, position, trial)
+                key = str(rng.randint(10000, 99999))
+                prompt = build_prompt(parts, length, position, key, N, rng)
+                samples.append(
+                    run_trial(
+                        model, parts, prompt, max_new_tokens=max_new_tokens, prefill_segments=prefill_segments
+                    )
+                )
+            correct = sum(s["correct"] for s in samples)
+            tokens = sum(s["prompt_tokens"] for s in samples)
+            seconds = sum(s["seconds"] for s in samples)
+            cell = {
+                "length": length,
+                "position": position,
+                "trials": trials,
+                "correct": correct,
+                "accuracy": correct / trials,
+                "prompt_tokens": tokens,
+                "seconds": seconds,
+                "tokens_per_s": tokens / seconds if seconds > 0 else None,
+                "samples": samples,
+            }
+            cells.append(cell)
+            if progress is not None:
+                progress(cell)
+    tokens = sum(c["prompt_tokens"] for c in cells)
+    seconds = sum(c["seconds"] for c in cells)
+    return {
+        "lengths": lengths,
+        "positions": positions,
+        "trials": trials,
+        "seed": seed,
+        "segment_len": N,
+        "cells": cells,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else None,
+    }
+
+
+def format_passkey_table(results: dict[str, Any]) -> str:
+    """Accuracy table like the paper's Table 3: rows = positions, columns = lengths.
+
+    Each cell reads ``percent (correct/trials)``.
+    """
+    lengths, positions = results["lengths"], results["positions"]
+    by_cell = {(c["length"], c["position"]): c for c in results["cells"]}
+    cells = {k: f"{100 * c['accuracy']:.0f}% ({c['correct']}/{c['trials']})" for k, c in by_cell.items()}
+    width = max([len(format_tokens(n)) for n in lengths] + [len(s) for s in cells.values()] + [4])
+    header = f"{'position':<8}" + "".join(f"  {format_tokens(n):>{width}}" for n in lengths)
+    lines = [header, "-" * len(header)]
+    for p in positions:
+        lines.append(f"{p:<8}" + "".join(f"  {cells.get((n, p), '-'):>{width}}" for n in lengths))
+    speed = results.get("tokens_per_s")
+    if speed:
+        lines.append(
+            f"{results['trials']} trial(s) per cell, seed {results['seed']}; "
+            f"{results['tokens']:,} prompt tokens at {speed:,.0f} tokens/s"
+        )
+    return "\n".join(lines)
+
+
+def parse_length(text: str) -> int:
+    """``"32768"``, ``"32K"``/``"32k"`` (x1024) or ``"1M"`` (x1048576) -> a positive int."""
+    s = text.strip()
+    mult = 1
+    if s[-1:].upper() == "K":
+        mult, s = 2**10, s[:-1]
+    elif s[-1:].upper() == "M":
+        mult, s = 2**20, s[:-1]
+    try:
+        value = int(s) * mult
+    except ValueError:
+        raise ValueError(f"lengths must be positive ints (e.g. 32768, 32K, 1M), got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"lengths must be positive ints, got {text!r}")
+    return value
+
+
+__all__ = [
+    "FILLER",
+    "FILLER_AFTER",
+    "INTRO",
+    "KEY_SENTENCE",
+    "POSITIONS",
+    "QUESTION",
+    "PasskeyParts",
+    "PasskeyPrompt",
+    "build_prompt",
+    "first_five_digit_number",
+    "format_passkey_table",
+    "parse_length",
+    "prefill",
+    "prompt_text",
+    "run_passkey",
+    "run_trial",
+    "score",
+]

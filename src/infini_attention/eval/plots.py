@@ -1,0 +1,137 @@
+"""Plots: the gate scores per layer and head (the paper's Figure 3) and perplexity by position.
+
+matplotlib is imported inside the functions, with the non-interactive Agg backend, so importing
+this module is cheap and works without a display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+NEAR_ZERO, NEAR_ONE = 0.1, 0.9
+
+
+def gate_scores(model) -> np.ndarray:
+    """``sigmoid(beta)`` per layer and head, ``[n_layers, n_heads]`` (float64)."""
+    with torch.no_grad():
+        rows = [torch.sigmoid(g.detach().to("cpu", torch.float64)).numpy() for g in model.gates()]
+    if not rows:
+        raise ValueError("the model has no gates")
+    return np.stack(rows)
+
+
+def gate_summary(scores: np.ndarray) -> dict[str, Any]:
+    """Shares of heads that are local-only (< 0.1), memory-only (> 0.9) and mixers (the rest)."""
+    s = np.asarray(scores, dtype=np.float64)
+    n = s.size
+    local, memory = int((s < NEAR_ZERO).sum()), int((s > NEAR_ONE).sum())
+    mixers = n - local - memory
+    return {
+        "heads": n,
+        "near_0": local,
+        "near_1": memory,
+        "mixers": mixers,
+        "share_near_0": local / n,
+        "share_near_1": memory / n,
+        "share_mixers": mixers / n,
+        "layers_with_a_local_head": int((s < NEAR_ZERO).any(axis=1).sum()),
+    }
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_gates(model, path: str | Path) -> dict[str, Any]:
+    """Heatmap of ``sigmoid(beta)``: layers along x, heads along y, with a colour bar.
+
+    0 means the head reads only its local (in-segment) attention, 1 only the compressive memory.
+    The title gives the share of heads near 0 (< 0.1), near 1 (> 0.9) and in between (mixers).
+    Writes a PNG (or any format matplotlib infers from ``path``); returns ``gate_summary``.
+    """
+    scores = gate_scores(model)  # [L, H]
+    summary = gate_summary(scores)
+    plt = _pyplot()
+    L, H = scores.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * L + 2.5), max(3.0, 0.3 * H + 1.8)), dpi=120)
+    try:
+        im = ax.imshow(scores.T, origin="lower", aspect="auto", cmap="coolwarm", vmin=0.0, vmax=1.0)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("head")
+        ax.set_xticks(range(L))
+        ax.set_yticks(range(H))
+        if L * H <= 256:  # annotate each cell when it stays readable
+            for i in range(L):
+                for j in range(H):
+                    v = scores[i, j]
+                    color = "white" if v < 0.2 or v > 0.8 else "black"
+                    ax.text(i, j, f"{v:.2f}", ha="center", va="center", fontsize=7, color=color)
+        bar = fig.colorbar(im, ax=ax)
+        bar.set_label("gate score sigmoid(β): 0 local, 1 memory")
+        ax.set_title(
+            "Gate scores: "
+            f"{100 * summary['share_near_0']:.0f}% near 0 (<0.1), "
+            f"{100 * summary['share_near_1']:.0f}% near 1 (>0.9), "
+            f"{100 * summary['share_mixers']:.0f}% mixers",
+            fontsize=9,
+        )
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return summary
+
+
+def plot_ppl(results: dict[str, Any], path: str | Path) -> None:
+    """Grouped bars: perplexity per position bucket with the memory on and off.
+
+    ``results`` is ``evaluate_ppl``'s dict (or its JSON from ``infini eval ppl --json``). Empty
+    buckets are left out; without the memory-off numbers only the memory-on bars are drawn.
+    """
+    try:
+        buckets = [b for b in results["buckets"] if b["tokens"] and b["ppl"] is not None]
+        overall = results["overall"]
+    except (KeyError, TypeError):
+        raise ValueError(
+            "not perplexity results: expected 'buckets' and 'overall' (from 'infini eval ppl')"
+        ) from None
+    if not buckets:
+        raise ValueError("the perplexity results have no tokens to plot")
+    has_off = all(b.get("ppl_no_memory") is not None for b in buckets)
+    plt = _pyplot()
+    labels = [f"{b['label']}\n{b['tokens']:,} tok" for b in buckets]
+    x = np.arange(len(buckets))
+    width = 0.38 if has_off else 0.6
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(buckets) + 2), 3.6), dpi=120)
+    try:
+        on = [b["ppl"] for b in buckets]
+        bars = [ax.bar(x - (width / 2 if has_off else 0), on, width, label="memory on", color="tab:blue")]
+        if has_off:
+            off = [b["ppl_no_memory"] for b in buckets]
+            bars.append(
+                ax.bar(x + width / 2, off, width, label="memory off (local only)", color="tab:orange")
+            )
+        for group in bars:
+            ax.bar_label(group, fmt="%.2f", fontsize=7, padding=2)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_xlabel("position in the document (tokens)")
+        ax.set_ylabel("perplexity")
+        ax.margins(y=0.15)
+        title = f"Perplexity by position; overall {overall['ppl']:.2f} with memory"
+        if has_off and overall.get("ppl_no_memory") is not None:
+            title += f", {overall['ppl_no_memory']:.2f} without"
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
