@@ -14,6 +14,7 @@ from . import ops  # noqa: E402 (after the filter)
 from .generation import stream_generate  # noqa: E402
 from .models import InfiniTransformer, ModelConfig, ModelOutput, ModelState  # noqa: E402
 from .ops import InfiniState, infini_attention, infini_attention_naive  # noqa: E402
+from .pretrained import load_pretrained, save_pretrained  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -25,7 +26,9 @@ __all__ = [
     "ModelState",
     "infini_attention",
     "infini_attention_naive",
+    "load_pretrained",
     "ops",
+    "save_pretrained",
     "stream_generate",
     "__version__",
 ]

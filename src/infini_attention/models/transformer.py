@@ -134,7 +134,10 @@ class InfiniTransformer(nn.Module):
     ) -> ModelState:
         """An empty stream: zero memory, no open segment."""
         p = self.embed.weight
-        dtype, device = dtype or p.dtype, device or p.device
+        device = device or p.device
+        if dtype is None:  # under autocast the projections (and so the buffers) take its dtype
+            kind = p.device.type
+            dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else p.dtype
         layers = tuple(b.attn.init_state(batch_size, dtype, device) for b in self.blocks)
         return ModelState(layers, self.config.segment_len)
 

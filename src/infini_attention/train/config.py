@@ -1,0 +1,277 @@
+"""Training configuration: a TOML file mapped onto dataclasses, strictly validated.
+
+Sections: ``[model]`` (``ModelConfig``; ``vocab_size`` may be left out or ``"auto"`` to take the
+tokenizer's size), ``[data]``, ``[optim]`` and ``[train]``. An unknown section or key, a value of the
+wrong type or out of range is a ``ValueError`` that names it, so a typo never silently falls back
+to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..models.config import ModelConfig
+
+AUTOCAST = ("none", "bf16")
+# vocab_size stand-in used to validate [model] before the tokenizer is known
+_VOCAB_PLACEHOLDER = 257
+
+
+def _name(section: str, key: str) -> str:
+    return f"[{section}] {key}"
+
+
+def _int(section: str, key: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{_name(section, key)} must be {what}, got {value!r}")
+    return value
+
+
+def _float(section: str, key: str, value: Any, *, lo: float = 0.0, lo_open: bool = False, hi=None) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, int | float)
+    if ok:
+        ok = value > lo if lo_open else value >= lo
+        ok = ok and (hi is None or value <= hi)
+    if not ok:
+        rng = f"{'>' if lo_open else '>='} {lo:g}" + ("" if hi is None else f" and <= {hi:g}")
+        raise ValueError(f"{_name(section, key)} must be a number {rng}, got {value!r}")
+    return float(value)
+
+
+def _str(section: str, key: str, value: Any, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{_name(section, key)} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _bool(section: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{_name(section, key)} must be true or false, got {value!r}")
+    return value
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "books"  # "books", a folder of .txt, a .jsonl, or a datasets name
+    tokenizer: str | None = None  # a tokenizer.json; None: train a byte-level BPE of vocab_size
+    vocab_size: int = 8192  # for the trained tokenizer
+    eval_fraction: float = 0.05  # held out when the corpus has no explicit eval split
+    text_field: str = "text"  # .jsonl / datasets field holding the text
+    seq_len: int = 2048  # L: tokens per training row (a multiple of the model's segment_len)
+    cache_dir: str | None = None  # prepared-data cache (None: $INFINI_CACHE or ~/.cache/infini-attention)
+
+    def __post_init__(self) -> None:
+        s = "data"
+        _str(s, "corpus", self.corpus)
+        _str(s, "tokenizer", self.tokenizer, optional=True)
+        _int(s, "vocab_size", self.vocab_size, minimum=257)
+        _float(s, "eval_fraction", self.eval_fraction, lo=0.0, lo_open=True, hi=0.5)
+        _str(s, "text_field", self.text_field)
+        _int(s, "seq_len", self.seq_len)
+        _str(s, "cache_dir", self.cache_dir, optional=True)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW. Three parameter groups: matrices (weight decay), vectors (none), gates (own lr, none)."""
+
+    lr: float = 1e-3  # peak learning rate of every weight except the gates
+    gate_lr: float = 1e-2  # peak learning rate of the gate logits (paper.md 4.1: Adam moves them too slowly)
+    weight_decay: float = 0.1  # on 2-D weights only; never on the gates, norms or biases
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    warmup_steps: int = 100  # linear warmup from 0, then cosine decay
+    min_lr_ratio: float = 0.1  # the cosine ends at min_lr_ratio * peak (each group its own peak)
+
+    def __post_init__(self) -> None:
+        s = "optim"
+        _float(s, "lr", self.lr, lo_open=True)
+        _float(s, "gate_lr", self.gate_lr)
+        _float(s, "weight_decay", self.weight_decay)
+        betas = self.betas
+        if (
+            not isinstance(betas, list | tuple)
+            or len(betas) != 2
+            or not all(not isinstance(b, bool) and isinstance(b, int | float) and 0 <= b < 1 for b in betas)
+        ):
+            raise ValueError(f"[optim] betas must be two numbers in [0, 1), got {betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        _float(s, "eps", self.eps, lo_open=True)
+        _float(s, "grad_clip", self.grad_clip)
+        _int(s, "warmup_steps", self.warmup_steps, minimum=0)
+        _float(s, "min_lr_ratio", self.min_lr_ratio, hi=1.0)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8  # rows of seq_len tokens per step
+    max_steps: int = 1000  # optimiser steps; the schedule spans them
+    seed: int = 0  # model init, data order
+    bptt: str | int = (
+        "full"  # "full": gradients through the memory over all L tokens; int k: cut every k segments
+    )
+    checkpoint_segments: bool = False  # recompute each segment in backward (less memory, ~1.3x time)
+    autocast: str = "none"  # "none" (float32) or "bf16" (torch.autocast)
+    device: str = "auto"  # "auto": cuda if available, else cpu
+    log_every: int = 10  # steps between metric rows (metrics.csv, TensorBoard)
+    eval_every: int = 200  # steps between evaluations on the eval split; 0 = only at the end
+    eval_tokens: int = 32768  # eval tokens per evaluation (documents streamed with the memory); 0 = none
+    save_every: int = 500  # steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 3  # newest checkpoints kept; 0 = keep all
+    tensorboard: bool = True  # also log to <out_dir>/tb
+    out_dir: str | None = None  # None: runs/<config file name>
+
+    def __post_init__(self) -> None:
+        s = "train"
+        _int(s, "batch_size", self.batch_size)
+        _int(s, "max_steps", self.max_steps)
+        _int(s, "seed", self.seed, minimum=0)
+        if self.bptt != "full" and (
+            isinstance(self.bptt, bool) or not isinstance(self.bptt, int) or self.bptt <= 0
+        ):
+            raise ValueError(
+                f'[train] bptt must be "full" or a positive int (detach every k segments), got {self.bptt!r}'
+            )
+        _bool(s, "checkpoint_segments", self.checkpoint_segments)
+        if self.autocast not in AUTOCAST:
+            raise ValueError(f"[train] autocast must be one of {AUTOCAST}, got {self.autocast!r}")
+        _str(s, "device", self.device)
+        _int(s, "log_every", self.log_every)
+        for key in ("eval_every", "eval_tokens", "save_every", "keep_checkpoints"):
+            _int(s, key, getattr(self, key), minimum=0)
+        _bool(s, "tensorboard", self.tensorboard)
+        _str(s, "out_dir", self.out_dir, optional=True)
+
+    @property
+    def detach_every(self) -> int | None:
+        return None if self.bptt == "full" else int(self.bptt)
+
+
+SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def _model_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+@dataclass
+class RunConfig:
+    """A whole run. ``model`` holds the ``[model]`` table as written (``vocab_size`` may be "auto");
+    ``model_config(vocab_size)`` resolves it."""
+
+    model: dict[str, Any]
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, dict):
+            raise ValueError(f"[model] must be a table, got {self.model!r}")
+        for key in self.model:
+            if key not in _model_fields():
+                raise ValueError(f"unknown key '{key}' in [model]")
+        vocab = self.model.get("vocab_size", "auto")
+        if vocab != "auto":
+            _int("model", "vocab_size", vocab)
+        cfg = self.model_config(None)  # validates every other field (ModelConfig's own checks)
+        if self.data.seq_len % cfg.segment_len:
+            raise ValueError(
+                f"[data] seq_len ({self.data.seq_len}) must be a multiple of [model] segment_len "
+                f"({cfg.segment_len})"
+            )
+
+    @property
+    def vocab_auto(self) -> bool:
+        return self.model.get("vocab_size", "auto") == "auto"
+
+    def model_config(self, tokenizer_vocab: int | None) -> ModelConfig:
+        """The ``ModelConfig``, with ``vocab_size`` from the tokenizer when it is "auto"."""
+        values = dict(self.model)
+        if self.vocab_auto:
+            values["vocab_size"] = tokenizer_vocab or _VOCAB_PLACEHOLDER
+        elif tokenizer_vocab is not None and tokenizer_vocab > values["vocab_size"]:
+            raise ValueError(
+                f"[model] vocab_size ({values['vocab_size']}) is smaller than the tokenizer's "
+                f'({tokenizer_vocab}); set it to "auto"'
+            )
+        for f in dataclasses.fields(ModelConfig):
+            if f.default is dataclasses.MISSING and f.name not in values:
+                raise ValueError(f"[model] is missing the required key '{f.name}'")
+        try:
+            return ModelConfig(**values)
+        except ValueError as err:
+            raise ValueError(f"[model] {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"model": dict(self.model)}
+        for name in SECTIONS:
+            d = dataclasses.asdict(getattr(self, name))
+            out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"a run config must be a table, got {type(data).__name__}")
+        for section in data:
+            if section != "model" and section not in SECTIONS:
+                raise ValueError(f"unknown section [{section}]")
+        if "model" not in data:
+            raise ValueError("missing section [model]")
+        sections = {}
+        for name, klass in SECTIONS.items():
+            table = data.get(name, {})
+            if not isinstance(table, dict):
+                raise ValueError(f"[{name}] must be a table, got {table!r}")
+            known = {f.name for f in dataclasses.fields(klass)}
+            for key in table:
+                if key not in known:
+                    raise ValueError(f"unknown key '{key}' in [{name}]")
+            # TOML has no None: an absent key keeps the default; "none" is not special here
+            sections[name] = klass(**table)
+        return cls(model=dict(data["model"]), **sections)
+
+
+def _resolve_path(spec: str, base: Path) -> str:
+    """An existing path made absolute: tried from the current directory, then from ``base``
+    (absolute, so that a run resumed from another directory still names the same data).
+    Anything else (``books``, a data set name, a missing path) is returned unchanged."""
+    if spec == "books":
+        return spec
+    p = Path(spec).expanduser()
+    for candidate in (p, base / p):
+        if candidate.exists():
+            return str(candidate.resolve())
+    return spec
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a TOML run config. Relative data paths are tried from the current directory, then from
+    the repository root holding ``configs/`` (or the config file's own folder)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot parse {path}: {err}") from None
+    try:
+        config = RunConfig.from_dict(raw)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    folder = path.resolve().parent
+    base = folder.parent if folder.name == "configs" else folder
+    config.data.corpus = _resolve_path(config.data.corpus, base)
+    if config.data.tokenizer is not None:
+        config.data.tokenizer = _resolve_path(config.data.tokenizer, base)
+    if config.train.out_dir is None:
+        config.train.out_dir = str(Path("runs") / path.stem)
+    return config

@@ -1,0 +1,149 @@
+"""TOML run configs: the shipped configs load, unknown keys and bad values are errors that name them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infini_attention.train.config import RunConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BASE = """
+[model]
+d_model = 32
+n_layers = 1
+n_heads = 2
+segment_len = 16
+
+[data]
+corpus = "data/excerpt"
+seq_len = 64
+
+[optim]
+lr = 1e-3
+
+[train]
+batch_size = 2
+max_steps = 4
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["smoke", "tiny"])
+def test_shipped_configs_load_and_round_trip(name):
+    config = load_config(ROOT / "configs" / f"{name}.toml")
+    assert config.vocab_auto
+    assert config.data.seq_len % config.model_config(1024).segment_len == 0
+    assert config.optim.gate_lr > config.optim.lr  # the point of the gate group
+    again = RunConfig.from_dict(config.to_dict())
+    assert again == config and again.to_dict() == config.to_dict()
+
+
+def test_smoke_corpus_resolves_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(ROOT / "configs" / "smoke.toml")
+    assert Path(config.data.corpus) == ROOT / "data" / "excerpt"
+    assert config.train.out_dir == "runs/smoke"  # outputs stay relative to the current directory
+
+
+def test_defaults_and_vocab(tmp_path):
+    config = load_config(write(tmp_path, BASE))
+    assert config.train.out_dir == "runs/run"  # from the file name
+    assert config.train.bptt == "full" and config.train.detach_every is None
+    assert config.model_config(500).vocab_size == 500
+    explicit = load_config(write(tmp_path, BASE.replace("d_model", "vocab_size = 300\nd_model")))
+    assert explicit.model_config(300).vocab_size == 300
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        explicit.model_config(301)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("lr = 1e-3", "lrr = 1e-3", r"unknown key 'lrr' in \[optim\]"),
+        ("batch_size = 2", "batchsize = 2", r"unknown key 'batchsize' in \[train\]"),
+        ("d_model = 32", "d_model = 32\ndmodel = 3", r"unknown key 'dmodel' in \[model\]"),
+        ("[optim]", "[optimizer]", r"unknown section \[optimizer\]"),
+    ],
+)
+def test_unknown_names_are_errors(tmp_path, old, new, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(write(tmp_path, BASE.replace(old, new)))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("seq_len = 64", "seq_len = -64", r"\[data\] seq_len must be a positive int, got -64"),
+        (
+            "seq_len = 64",
+            "seq_len = 72",
+            r"seq_len \(72\) must be a multiple of \[model\] segment_len \(16\)",
+        ),
+        ("seq_len = 64", 'seq_len = "64"', r"\[data\] seq_len must be a positive int, got '64'"),
+        ("segment_len = 16", "segment_len = 0", r"\[model\] segment_len must be a positive int, got 0"),
+        ("n_heads = 2", "n_heads = 3", r"\[model\] d_model \(32\) is not divisible by n_heads \(3\)"),
+        ("d_model = 32", "", r"\[model\] is missing the required key 'd_model'"),
+        ("lr = 1e-3", "lr = -1e-3", r"\[optim\] lr must be a number > 0, got -0.001"),
+        ("lr = 1e-3", "lr = 1e-3\nbetas = [0.9]", r"\[optim\] betas must be two numbers"),
+        ("lr = 1e-3", "lr = 1e-3\nwarmup_steps = 1.5", r"\[optim\] warmup_steps must be an int >= 0"),
+        (
+            "lr = 1e-3",
+            "lr = 1e-3\nmin_lr_ratio = 2",
+            r"\[optim\] min_lr_ratio must be a number >= 0 and <= 1",
+        ),
+        ("batch_size = 2", "batch_size = 0", r"\[train\] batch_size must be a positive int, got 0"),
+        ("batch_size = 2", "batch_size = true", r"\[train\] batch_size must be a positive int, got True"),
+        (
+            "max_steps = 4",
+            'max_steps = 4\nbptt = "half"',
+            r"\[train\] bptt must be \"full\" or a positive int",
+        ),
+        ("max_steps = 4", "max_steps = 4\nbptt = 0", r"\[train\] bptt must be"),
+        ("max_steps = 4", 'max_steps = 4\nautocast = "fp8"', r"\[train\] autocast must be one of"),
+        (
+            "max_steps = 4",
+            'max_steps = 4\ncheckpoint_segments = "yes"',
+            r"checkpoint_segments must be true or false",
+        ),
+        (
+            "max_steps = 4",
+            "max_steps = 4\neval_every = -1",
+            r"\[train\] eval_every must be an int >= 0, got -1",
+        ),
+        ('corpus = "data/excerpt"', "corpus = 3", r"\[data\] corpus must be a non-empty string, got 3"),
+    ],
+)
+def test_bad_values_name_field_and_value(tmp_path, old, new, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(write(tmp_path, BASE.replace(old, new)))
+
+
+def test_error_names_the_file(tmp_path):
+    path = write(tmp_path, BASE.replace("lr = 1e-3", "lrr = 1"))
+    with pytest.raises(ValueError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+
+
+def test_missing_and_unparseable_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ValueError, match=r"cannot parse .*bad.toml: .*line 2"):
+        load_config(write(tmp_path, "[model]\nd_model = = 3\n", "bad.toml"))
+    with pytest.raises(ValueError, match=r"missing section \[model\]"):
+        load_config(write(tmp_path, "[train]\nbatch_size = 2\n", "nomodel.toml"))
+
+
+def test_bptt_int_and_tables(tmp_path):
+    config = load_config(write(tmp_path, BASE.replace("max_steps = 4", "max_steps = 4\nbptt = 2")))
+    assert config.train.detach_every == 2
+    with pytest.raises(ValueError, match=r"\[optim\] must be a table"):
+        RunConfig.from_dict({"model": {"d_model": 8, "n_layers": 1, "n_heads": 1}, "optim": 3})

@@ -1,0 +1,149 @@
+"""The training loop on the committed excerpt: smoke train -> checkpoint -> load; bit-exact resume."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from infini_attention.pretrained import load_pretrained
+from infini_attention.train import RunConfig, train
+from infini_attention.train import trainer as trainer_mod
+from infini_attention.train.metrics import FIELDS, read_metrics
+
+EXCERPT = Path(__file__).resolve().parents[2] / "data" / "excerpt"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("prepared")
+
+
+def make_config(cache: Path, **train) -> RunConfig:
+    t = {
+        "batch_size": 2, "max_steps": 12, "seed": 3, "log_every": 2, "eval_every": 5, "eval_tokens": 200,
+        "save_every": 4, "keep_checkpoints": 0, "tensorboard": False, "device": "cpu",
+    }  # fmt: skip
+    t.update(train)
+    return RunConfig.from_dict(
+        {
+            "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "segment_len": 16},
+            "data": {"corpus": str(EXCERPT), "vocab_size": 300, "seq_len": 64, "cache_dir": str(cache)},
+            "optim": {"lr": 1e-2, "gate_lr": 1e-1, "warmup_steps": 2},
+            "train": t,
+        }
+    )
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+
+
+def test_smoke_train_checkpoint_load(tmp_path, cache, monkeypatch):
+    built = []
+
+    class Recording(trainer_mod.InfiniTransformer):
+        def __init__(self, config):
+            super().__init__(config)
+            built.append(self)
+
+    monkeypatch.setattr(trainer_mod, "InfiniTransformer", Recording)
+    config = make_config(cache, max_steps=6, eval_every=3, save_every=3, tensorboard=True)
+    out = tmp_path / "run"
+    final = train(config, out_dir=out, progress=True, log=quiet)
+    assert final == out / "checkpoints" / "step-000006"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
+    saved = json.loads((final / "config.json").read_text())
+    expected = config.to_dict()
+    expected["train"]["out_dir"] = str(out)  # the folder the run actually used
+    assert saved["run"] == expected and saved["model"]["vocab_size"] <= 300
+    assert (
+        RunConfig.from_dict(saved["run"]).model_config(saved["model"]["vocab_size"]).to_dict()
+        == saved["model"]
+    )
+
+    rows = read_metrics(out)
+    assert list(rows[0]) == FIELDS
+    assert [r["step"] for r in rows] == [2, 3, 4, 6]
+    assert [r["step"] for r in rows if r["eval_loss"] is not None] == [3, 6]
+    assert all(r["gate_lr"] == pytest.approx(10 * r["lr"]) for r in rows)
+    assert rows[-1]["eval_ppl"] == pytest.approx(torch.tensor(rows[-1]["eval_loss"]).exp().item(), rel=1e-4)
+    assert rows[-1]["gate_min"] < 0.5 - 1e-3 or rows[-1]["gate_max"] > 0.5 + 1e-3  # the gates moved
+    assert any((out / "tb").iterdir())
+
+    trained = built[0].eval()
+    loaded, tokenizer = load_pretrained(out)
+    x = torch.tensor([tokenizer.encode("It is a truth universally acknowledged, that a single man")])
+    assert torch.equal(loaded(x).logits, trained(x).logits)
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in ("model", "optimizer"):
+        for key, t in safetensors.torch.load_file(str(checkpoint / f"{name}.safetensors")).items():
+            out[f"{name}/{key}"] = t
+    return out
+
+
+def test_resume_is_bit_exact(tmp_path, cache, no_unpickling):
+    config = make_config(cache)
+    whole = train(config, out_dir=tmp_path / "whole", log=quiet, progress=False)
+    first = train(config, out_dir=tmp_path / "split", max_steps=6, log=quiet, progress=False)
+    assert first.name == "step-000006"
+    resumed = train(config, out_dir=tmp_path / "split", resume=True, log=quiet, progress=False)
+    assert whole.name == resumed.name == "step-000012"
+    a, b = weights(whole), weights(resumed)
+    assert a.keys() == b.keys() and any(k.startswith("optimizer/") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    state_a = json.loads((whole / "trainer_state.json").read_text())
+    state_b = json.loads((resumed / "trainer_state.json").read_text())
+    for key in ("sampler", "schedule", "tokens_seen", "optimizer", "python_random"):
+        assert state_a[key] == state_b[key], key
+    # metrics.csv: the resumed log continues the first one without duplicate steps
+    steps = [r["step"] for r in read_metrics(tmp_path / "split")]
+    assert steps == [r["step"] for r in read_metrics(tmp_path / "whole")] == sorted(set(steps))
+
+
+def test_resume_and_restart_errors(tmp_path, cache):
+    config = make_config(cache, max_steps=2, eval_tokens=0)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(config, out_dir=tmp_path / "run", resume=True, log=quiet)
+    train(config, out_dir=tmp_path / "run", log=quiet, progress=False)
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(config, out_dir=tmp_path / "run", log=quiet)
+    other = make_config(cache, max_steps=4)
+    other.model["d_model"] = 64
+    with pytest.raises(ValueError, match=r"cannot resume: \[model\] differs .*d_model"):
+        train(other, out_dir=tmp_path / "run", resume=True, log=quiet)
+    longer = make_config(cache, max_steps=2, eval_tokens=0)
+    assert train(longer, out_dir=tmp_path / "run", resume=True, log=quiet).name == "step-000002"  # done
+
+
+def test_bptt_options_and_bf16(tmp_path, cache):
+    def first_losses(**train_kw):
+        config = make_config(cache, max_steps=2, log_every=1, eval_tokens=0, **train_kw)
+        out = tmp_path / "-".join(f"{k}{v}" for k, v in train_kw.items())
+        train(config, out_dir=out, log=quiet, progress=False)
+        return [r["loss"] for r in read_metrics(out)]
+
+    full = first_losses()
+    cut = first_losses(bptt=1, checkpoint_segments=True)
+    # same forward pass at step 1; different gradients (no BPTT through the memory) after
+    assert cut[0] == pytest.approx(full[0], rel=1e-5) and cut[1] != full[1]
+    bf16 = first_losses(autocast="bf16")
+    assert all(torch.isfinite(torch.tensor(bf16))) and bf16[0] == pytest.approx(full[0], rel=2e-2)
