@@ -85,6 +85,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(ppl)
     add_text_args(ppl)
     ppl.add_argument("--no-memory-off", action="store_true", help="skip the memory-off pass (half the time)")
+    ppl.add_argument(
+        "--memory-reset",
+        action="store_true",
+        help="also stream with the memory emptied at every segment (gates untouched): the gap to "
+        "'memory on' is what the memory carries across segments",
+    )
     ppl.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON")
 
     pk = actions.add_parser(
@@ -149,7 +155,7 @@ def run_ppl(args: argparse.Namespace) -> dict:
     total = docs.num_tokens if hasattr(docs, "num_tokens") else sum(len(ids) for _, ids in docs)
     if args.max_tokens is not None:
         total = min(total, args.max_tokens)
-    passes = 1 if args.no_memory_off else 2
+    passes = 1 + (not args.no_memory_off) + args.memory_reset
     bar = _progress_bar(total * passes)
     try:
         return evaluate_ppl(
@@ -157,6 +163,7 @@ def run_ppl(args: argparse.Namespace) -> dict:
             docs,
             max_tokens=args.max_tokens,
             memory_off=not args.no_memory_off,
+            memory_reset=args.memory_reset,
             progress=bar.update if bar is not None else None,
         )
     finally:

@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ppl.add_argument("--device", default=None, help="torch device for --model")
     add_text_args(ppl, required=False)
     ppl.add_argument("--no-memory-off", action="store_true", help=argparse.SUPPRESS)
+    ppl.add_argument(
+        "--memory-reset", action="store_true", help="with --model: also the memory-emptied-per-segment bars"
+    )
     ppl.add_argument("--out", default="ppl.png", help="output image (default: ppl.png)")
 
 

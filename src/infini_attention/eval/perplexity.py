@@ -55,6 +55,7 @@ def stream_nll(
     *,
     chunk_len: int | None = None,
     progress: Callable[[int], None] | None = None,
+    reset_every_segment: bool = False,
 ) -> Tensor:
     """Per-token negative log-likelihood ``[T - 1]`` (float64) of one document ``ids`` ``[T]``.
 
@@ -62,9 +63,15 @@ def stream_nll(
     each call continuing the previous one's state, so memory is bounded by the chunk whatever the
     document's length; the result equals one forward pass over the whole document. Entry ``t`` is
     ``-log p(ids[t + 1] | ids[:t + 1])``. ``progress(n)`` is called with the tokens of each chunk.
+
+    ``reset_every_segment``: empty the memory at every segment boundary (gates untouched), so each
+    segment sees exactly what the first one of a document sees: no information from earlier
+    segments. Against the normal stream this isolates what the memory carries across segments.
     """
     ids = _as_ids(ids)
-    if chunk_len is None:
+    if reset_every_segment:
+        chunk_len = model.config.segment_len  # chunks start on segment boundaries
+    elif chunk_len is None:
         chunk_len = model.config.segment_len
     if isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len <= 0:
         raise ValueError(f"chunk_len must be a positive int, got {chunk_len!r}")
@@ -77,7 +84,7 @@ def stream_nll(
     for a in range(0, T - 1, chunk_len):  # the last token is only a target
         b = min(a + chunk_len, T - 1)
         x = ids[a:b].to(device)[None]
-        out = model(x, state)
+        out = model(x, None if reset_every_segment else state)
         state = out.state
         logits = out.logits[0]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -120,6 +127,9 @@ def _ppl(nll_sum: float, n: int) -> float | None:
         return math.inf
 
 
+_SUFFIX = {"on": "", "off": "_no_memory", "reset": "_memory_reset"}
+
+
 def evaluate_ppl(
     model,
     docs: Iterable,
@@ -127,6 +137,7 @@ def evaluate_ppl(
     max_tokens: int | None = None,
     *,
     memory_off: bool = True,
+    memory_reset: bool = False,
     chunk_len: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -146,6 +157,11 @@ def evaluate_ppl(
     ``nll`` is the mean negative log-likelihood in nats, ``ppl = exp(nll)``; an empty bucket has
     ``None`` for both. The ``*_no_memory`` entries are absent when ``memory_off`` is False.
     ``tokens_per_s`` counts document tokens streamed per second (memory on).
+
+    Gating the memory off also rescales the local path (a trained gate mixes both), so it is not
+    a clean test of long-range use; ``memory_reset`` adds ``*_memory_reset`` entries where the
+    memory is emptied at every segment (gates untouched): the gap to ``ppl`` is what the memory
+    carries from earlier segments.
     """
     from ..models import memory_disabled
 
@@ -154,7 +170,7 @@ def evaluate_ppl(
         raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
     if max_tokens is not None and max_tokens < 2:
         raise ValueError(f"max_tokens must be at least 2 (one prediction), got {max_tokens}")
-    modes = ["on", "off"] if memory_off else ["on"]
+    modes = ["on"] + (["off"] if memory_off else []) + (["reset"] if memory_reset else [])
     sums = {m: [0.0] * len(edges) for m in modes}
     counts = [0] * len(edges)
     seconds = dict.fromkeys(modes, 0.0)
@@ -180,6 +196,8 @@ def evaluate_ppl(
             t0 = time.perf_counter()
             if mode == "on":
                 nll = stream_nll(model, ids, chunk_len=chunk_len, progress=progress)
+            elif mode == "reset":
+                nll = stream_nll(model, ids, progress=progress, reset_every_segment=True)
             else:
                 with memory_disabled(model):
                     nll = stream_nll(model, ids, chunk_len=chunk_len, progress=progress)
@@ -196,7 +214,7 @@ def evaluate_ppl(
     def stats(mode_sums: dict[str, float], n: int) -> dict[str, Any]:
         out: dict[str, Any] = {"tokens": n}
         for mode in modes:
-            suffix = "" if mode == "on" else "_no_memory"
+            suffix = _SUFFIX[mode]
             mean = mode_sums[mode] / n if n else None
             out[f"nll{suffix}"] = mean
             out[f"ppl{suffix}"] = _ppl(mode_sums[mode], n)
@@ -209,7 +227,7 @@ def evaluate_ppl(
         result["buckets"].append(entry)
     result["overall"] = {"label": "overall", **stats({m: sum(sums[m]) for m in modes}, total)}
     for mode in modes:
-        suffix = "" if mode == "on" else "_no_memory"
+        suffix = _SUFFIX[mode]
         result[f"seconds{suffix}"] = seconds[mode]
         result[f"tokens_per_s{suffix}"] = streamed / seconds[mode] if seconds[mode] > 0 else None
     return result
@@ -218,8 +236,11 @@ def evaluate_ppl(
 def format_ppl_table(result: dict[str, Any]) -> str:
     """The table ``infini eval ppl`` prints: bucket, tokens, perplexity with and without memory."""
     has_off = "ppl_no_memory" in result["overall"]
-    header = f"{'bucket':<10} {'tokens':>12} {'ppl memory':>12}" + (
-        f" {'ppl no memory':>14}" if has_off else ""
+    has_reset = "ppl_memory_reset" in result["overall"]
+    header = (
+        f"{'bucket':<10} {'tokens':>12} {'ppl memory':>12}"
+        + (f" {'ppl no memory':>14}" if has_off else "")
+        + (f" {'ppl reset/segment':>18}" if has_reset else "")
     )
     lines = [header, "-" * len(header)]
 
@@ -232,6 +253,8 @@ def format_ppl_table(result: dict[str, Any]) -> str:
         row = f"{entry['label']:<10} {entry['tokens']:>12,} {num(entry['ppl']):>12}"
         if has_off:
             row += f" {num(entry['ppl_no_memory']):>14}"
+        if has_reset:
+            row += f" {num(entry['ppl_memory_reset']):>18}"
         lines.append(row)
     speed = result.get("tokens_per_s")
     if speed:

@@ -85,7 +85,7 @@ def plot_gates(model, path: str | Path) -> dict[str, Any]:
             fontsize=9,
         )
         fig.tight_layout()
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
     finally:
         plt.close(fig)
     return summary
@@ -106,32 +106,36 @@ def plot_ppl(results: dict[str, Any], path: str | Path) -> None:
         ) from None
     if not buckets:
         raise ValueError("the perplexity results have no tokens to plot")
-    has_off = all(b.get("ppl_no_memory") is not None for b in buckets)
+    series = [("ppl", "memory on", "tab:blue")] + [
+        (key, label, colour)
+        for key, label, colour in (
+            ("ppl_no_memory", "memory gated off (local only)", "tab:orange"),
+            ("ppl_memory_reset", "memory emptied every segment", "tab:green"),
+        )
+        if all(b.get(key) is not None for b in buckets)
+    ]
     plt = _pyplot()
     labels = [f"{b['label']}\n{b['tokens']:,} tok" for b in buckets]
     x = np.arange(len(buckets))
-    width = 0.38 if has_off else 0.6
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(buckets) + 2), 3.6), dpi=120)
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(buckets) + 2), 3.8), dpi=120)
     try:
-        on = [b["ppl"] for b in buckets]
-        bars = [ax.bar(x - (width / 2 if has_off else 0), on, width, label="memory on", color="tab:blue")]
-        if has_off:
-            off = [b["ppl_no_memory"] for b in buckets]
-            bars.append(
-                ax.bar(x + width / 2, off, width, label="memory off (local only)", color="tab:orange")
-            )
-        for group in bars:
-            ax.bar_label(group, fmt="%.2f", fontsize=7, padding=2)
+        for n, (key, label, colour) in enumerate(series):
+            offset = (n - (len(series) - 1) / 2) * width
+            group = ax.bar(x + offset, [b[key] for b in buckets], width, label=label, color=colour)
+            ax.bar_label(group, fmt="%.1f", fontsize=6, padding=2)
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_xlabel("position in the document (tokens)")
         ax.set_ylabel("perplexity")
         ax.margins(y=0.15)
         title = f"Perplexity by position; overall {overall['ppl']:.2f} with memory"
-        if has_off and overall.get("ppl_no_memory") is not None:
-            title += f", {overall['ppl_no_memory']:.2f} without"
+        if overall.get("ppl_no_memory") is not None:
+            title += f", {overall['ppl_no_memory']:.2f} gated off"
+        if overall.get("ppl_memory_reset") is not None:
+            title += f", {overall['ppl_memory_reset']:.2f} emptied"
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
     finally:
         plt.close(fig)
