@@ -127,14 +127,14 @@ def plot_ppl(results: dict[str, Any], path: str | Path) -> None:
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_xlabel("position in the document (tokens)")
         ax.set_ylabel("perplexity")
-        ax.margins(y=0.15)
+        ax.margins(y=0.35)  # headroom for the legend above the bars
         title = f"Perplexity by position; overall {overall['ppl']:.2f} with memory"
         if overall.get("ppl_no_memory") is not None:
             title += f", {overall['ppl_no_memory']:.2f} gated off"
         if overall.get("ppl_memory_reset") is not None:
             title += f", {overall['ppl_memory_reset']:.2f} emptied"
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", ncol=len(series))
         fig.tight_layout()
         fig.savefig(path, bbox_inches="tight")
     finally:
