@@ -90,6 +90,17 @@ def test_smoke_train_checkpoint_load(tmp_path, cache, monkeypatch):
     x = torch.tensor([tokenizer.encode("It is a truth universally acknowledged, that a single man")])
     assert torch.equal(loaded(x).logits, trained(x).logits)
 
+    # ... and the saved run evaluates from the command line like any model
+    from infini_attention.cli import main
+
+    text = tmp_path / "held_out.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man in possession " * 20)
+    assert (
+        main(["eval", "ppl", "--model", str(out), "--text", str(text), "--json", str(tmp_path / "p.json")])
+        == 0
+    )
+    assert json.loads((tmp_path / "p.json").read_text())["overall"]["ppl"] > 1
+
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     out = {}
