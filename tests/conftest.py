@@ -6,12 +6,15 @@
   q_local, k_local) from a seeded ``torch.Generator``.
 - ``leaf_state(state)``: a copy of an ``InfiniState`` whose tensors are fresh autograd leaves.
 - ``op``: parametrized over the fast op and the naive reference (ids ``fast`` and ``naive``).
+- ``no_unpickling``: makes ``torch.load`` and ``pickle.load(s)`` fail, to prove loading never unpickles.
 - ``single_thread``: runs a module's tests with one intra-op thread (tiny tensors run many times
   faster that way than with a contended thread pool); use it as
   ``pytestmark = pytest.mark.usefixtures("single_thread")``.
 """
 
 from __future__ import annotations
+
+import pickle
 
 import pytest
 import torch
@@ -123,3 +126,15 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Loading must read only JSON and safetensors: any unpickling attempt fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)

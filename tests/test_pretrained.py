@@ -34,16 +34,6 @@ def checkpoint(tmp_path, tokenizer):
     return path, model
 
 
-@pytest.fixture
-def no_unpickling(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("something tried to unpickle")
-
-    monkeypatch.setattr(torch, "load", refuse)
-    monkeypatch.setattr(pickle, "load", refuse)
-    monkeypatch.setattr(pickle, "loads", refuse)
-
-
 def edit_config(path: Path, **changes) -> None:
     data = json.loads((path / "config.json").read_text())
     data["model"].update(changes)

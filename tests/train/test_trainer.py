@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import pytest
@@ -41,16 +40,6 @@ def make_config(cache: Path, **train) -> RunConfig:
 
 def quiet(_msg: str) -> None:
     pass
-
-
-@pytest.fixture
-def no_unpickling(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("something tried to unpickle")
-
-    monkeypatch.setattr(torch, "load", refuse)
-    monkeypatch.setattr(pickle, "load", refuse)
-    monkeypatch.setattr(pickle, "loads", refuse)
 
 
 def test_smoke_train_checkpoint_load(tmp_path, cache, monkeypatch):
