@@ -146,3 +146,12 @@ def test_save_pretrained_bf16(tmp_path, checkpoint, tokenizer, no_unpickling):
     assert torch.allclose(loaded(x).logits, model(x).logits, atol=0.05)
     save_pretrained(model, tokenizer, half)  # replaces an existing folder
     assert torch.equal(load_pretrained(half)[0](x).logits, model(x).logits)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_missing_device_is_a_value_error(checkpoint):
+    path, _ = checkpoint
+    with pytest.raises(ValueError, match="no CUDA device"):
+        load_pretrained(path, device="cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        load_pretrained(path, device="tpu9")

@@ -143,6 +143,7 @@ def load_pretrained(
 
     folder = resolve_checkpoint(path_or_name)
     config = read_model_config(folder)
+    device = check_device(device)
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r} (use one of {', '.join(_DTYPES)})")
@@ -155,11 +156,24 @@ def load_pretrained(
         )
     model = InfiniTransformer(config)
     load_weights(model, folder / "model.safetensors")
-    model = model.to(
-        device=torch.device(device) if device is not None else "cpu", dtype=dtype or torch.float32
-    )
+    model = model.to(device=device, dtype=dtype or torch.float32)
     model.eval()
     return model, tokenizer
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """A usable torch device (default CPU), or a ValueError that names the problem."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return dev
 
 
 def save_pretrained(
