@@ -12,29 +12,20 @@ from .config import RunConfig
 
 
 def pick_device(spec: str) -> torch.device:
+    from ..pretrained import check_device
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"[train] device: unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"[train] device is {spec!r} but CUDA is not available here")
-    return device
+        return check_device(spec)
+    except ValueError as err:
+        raise ValueError(f"[train] device: {err} (use auto, cpu, cuda or cuda:N)") from None
 
 
 def autocast(config: RunConfig, device: torch.device):
     if config.train.autocast == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def initial_state(model: InfiniTransformer, config: RunConfig, batch_size: int, device: torch.device):
-    """An empty memory whose compute dtype matches autocast's (the state's M and z stay float32);
-    None (the model's own default) without autocast."""
-    if config.train.autocast == "bf16":
-        return model.init_state(batch_size, dtype=torch.bfloat16, device=device)
-    return None
 
 
 def gate_stats(model: InfiniTransformer) -> dict[str, float]:

@@ -20,7 +20,7 @@ from ..models import InfiniTransformer
 from . import checkpoint as ckpt
 from .config import RunConfig
 from .metrics import MetricsLog
-from .runtime import autocast, evaluate, gate_stats, initial_state, pick_device
+from .runtime import autocast, evaluate, gate_stats, pick_device
 from .schedule import Schedule, build_optimizer
 
 
@@ -145,7 +145,7 @@ def train(
             with autocast(config, device):
                 out = model(
                     batch.input_ids,
-                    initial_state(model, config, batch.input_ids.shape[0], device),
+                    None,  # a fresh memory per row; under autocast it takes autocast's dtype
                     batch.labels,
                     pad_mask=batch.pad_mask,
                     doc_start=batch.doc_start,
