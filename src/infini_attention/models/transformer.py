@@ -272,8 +272,9 @@ class InfiniTransformer(nn.Module):
             raise ValueError(f"input_ids must be a 2-D tensor [batch, tokens], got {got}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be int64 or int32 token ids, got {input_ids.dtype}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= V):
-            bad = input_ids[(input_ids < 0) | (input_ids >= V)][0].item()
+        outside = (input_ids < 0) | (input_ids >= V)
+        if outside.any():  # one device sync per call (this runs at every decoding step)
+            bad = input_ids[outside][0].item()
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {V})")
         if labels is not None and (not isinstance(labels, Tensor) or labels.shape != input_ids.shape):
             got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
