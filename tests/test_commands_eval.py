@@ -16,6 +16,7 @@ import types
 import pytest
 import torch
 
+from helpers import ByteTokenizer
 from infini_attention import InfiniTransformer, ModelConfig, stream_generate
 from infini_attention.cli import main
 from infini_attention.commands.generate import IncrementalDecoder
@@ -23,18 +24,6 @@ from infini_attention.commands.generate import IncrementalDecoder
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 TEXT = "It is a truth universally acknowledged, that a single man in possession of a good fortune. " * 12
-
-
-class ByteTokenizer:
-    """Stand-in tokenizer: UTF-8 bytes are the ids; 256 is the end-of-text token."""
-
-    vocab_size, eos_id = 257, 256
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
 def tiny_model(vocab_size: int = 257) -> InfiniTransformer:

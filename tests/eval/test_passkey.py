@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+from helpers import ByteTokenizer
 from infini_attention import InfiniTransformer, ModelConfig, stream_generate
 from infini_attention.eval import passkey as pk
 from infini_attention.eval.passkey import (
@@ -33,18 +34,6 @@ PAPER = (
     "the pass key. The grass is green. The sky is blue. The sun is yellow. Here we go. There and ack again. "
     "(repeat y times) What is the pass key? The pass key is"
 )
-
-
-class ByteTokenizer:
-    """Stand-in tokenizer: UTF-8 bytes are the ids; 256 is the end-of-text token."""
-
-    vocab_size, eos_id = 257, 256
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
 class OracleTokenizer(ByteTokenizer):
@@ -201,6 +190,42 @@ def test_streamed_prefill_decodes_like_the_whole_prompt(parts):
     assert trial["prompt_tokens"] == len(p) and trial["state_bytes"] == model.init_state(1).nbytes
 
 
+@pytest.mark.parametrize("position", ["start", "middle", "end"])
+def test_shared_prefix_gives_the_states_and_answers_of_streaming_each_prompt(parts, position):
+    """One pass over the common filler, states kept at every key: the same states as streaming each
+    prompt alone (float64, so equal to 1e-12), the same greedy answers, fewer tokens streamed."""
+    model = tiny_model(segment_len=16, dtype=torch.float64, d_model=32, layers=2)
+    prompts = [build_prompt(parts, 900, position, key, 16, random.Random(i)) for i, key in
+               enumerate(["12345", "55555", "90210", "31415"])]  # fmt: skip
+    snaps = pk.shared_prefix_states(model, prompts, prefill_segments=3)
+    for p, snap in zip(prompts, snaps, strict=True):
+        alone = model(p.ids()[None, : p.key_start], model.init_state(1)).state if p.key_start else None
+        ref = alone if alone is not None else model.init_state(1)
+        for a, b in zip(snap.layers, ref.layers, strict=True):
+            for x, y in zip(a.tensors(), b.tensors(), strict=True):
+                torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+        shared = run_trial(model, parts, p, prefill_segments=3, state=snap, start=p.key_start)
+        whole = run_trial(model, parts, p, prefill_segments=3)
+        assert shared["output"] == whole["output"] and shared["streamed_tokens"] == len(p) - p.key_start
+    r = run_passkey(model, ByteTokenizer(), [900], [position], trials=4, seed=1, prefill_segments=3)
+    r0 = run_passkey(
+        model, ByteTokenizer(), [900], [position], trials=4, seed=1, prefill_segments=3, share_prefix=False
+    )
+    out = [s["output"] for s in r["cells"][0]["samples"]]
+    assert out == [s["output"] for s in r0["cells"][0]["samples"]]
+    assert r0["cells"][0]["streamed_tokens"] == r0["cells"][0]["prompt_tokens"]
+    assert r["cells"][0]["streamed_tokens"] < r["cells"][0]["prompt_tokens"]
+    other = build_prompt(PasskeyParts.from_tokenizer(OracleTokenizer("x")), 900, position, "12345", 16)
+    with pytest.raises(ValueError, match="same parts"):
+        pk.shared_prefix_states(model, [prompts[0], _odd(other)])
+
+
+def _odd(p: PasskeyPrompt) -> PasskeyPrompt:
+    """``p`` with a different intro block."""
+    runs = ((p.runs[0][0][1:], 1), *p.runs[1:])
+    return PasskeyPrompt(key=p.key, x=p.x, y=p.y, runs=runs)
+
+
 def test_200k_tokens_stream_at_bounded_memory(monkeypatch):
     """A 200K-token prompt: never materialised whole, never fed in more than a chunk, constant state."""
     model = tiny_model(segment_len=256)
@@ -218,7 +243,9 @@ def test_200k_tokens_stream_at_bounded_memory(monkeypatch):
         handle.remove()
     long, short = (c["samples"][0] for c in r["cells"])
     assert 200_000 - len(pk.FILLER_AFTER.encode()) < long["prompt_tokens"] <= 200_000
-    assert long["state_bytes"] == short["state_bytes"] == model.init_state(1).nbytes
+    # constant: the memory plus at most one open segment (the shared prefix stops mid-segment)
+    bound = model(torch.zeros(1, 255, dtype=torch.long), model.init_state(1)).state.nbytes
+    assert model.init_state(1).nbytes <= long["state_bytes"] <= bound and short["state_bytes"] <= bound
     assert max(widths) <= 8 * 256
     assert sum(widths) >= 200_000 - 100
     assert r["tokens_per_s"] > 0

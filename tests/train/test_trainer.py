@@ -147,3 +147,61 @@ def test_bptt_options_and_bf16(tmp_path, cache):
     assert cut[0] == pytest.approx(full[0], rel=1e-5) and cut[1] != full[1]
     bf16 = first_losses(autocast="bf16")
     assert all(torch.isfinite(torch.tensor(bf16))) and bf16[0] == pytest.approx(full[0], rel=2e-2)
+
+
+def passkey_config(cache: Path, init_from: Path, **train_kw) -> RunConfig:
+    t = {
+        "batch_size": 2, "max_steps": 4, "seed": 1, "log_every": 1, "eval_every": 2, "eval_tokens": 0,
+        "save_every": 2, "keep_checkpoints": 0, "tensorboard": False, "device": "cpu",
+        "init_from": str(init_from),
+    }  # fmt: skip
+    t.update(train_kw)
+    data = {"task": "passkey", "seq_len": 512, "passkey_min_len": 320, "cache_dir": str(cache)}
+    if "lm_every" in t:
+        data.update(lm_every=t.pop("lm_every"), corpus=str(EXCERPT))
+    return RunConfig.from_dict(
+        {
+            "model": {"segment_len": 64},  # overrides the starting model's 16
+            "data": data,
+            "optim": {"lr": 1e-2, "gate_lr": 1e-1, "warmup_steps": 1},
+            "train": t,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("lm")
+    train(make_config(cache, max_steps=2, eval_tokens=0), out_dir=out, log=quiet, progress=False)
+    return out
+
+
+def test_passkey_fine_tuning_starts_from_the_model(tmp_path, cache, pretrained_run):
+    start, tokenizer = load_pretrained(pretrained_run)
+    config = passkey_config(cache, pretrained_run, max_steps=1)
+    config.optim.lr = config.optim.gate_lr = 1e-12  # one step that moves nothing visible
+    final = train(config, out_dir=tmp_path / "pk", log=quiet, progress=False)
+    tuned, tok2 = load_pretrained(final)
+    assert tuned.config.segment_len == 64 and start.config.segment_len == 16
+    assert tuned.config.d_model == start.config.d_model and tok2.vocab_size == tokenizer.vocab_size
+    for (name, a), b in zip(start.state_dict().items(), tuned.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    row = read_metrics(tmp_path / "pk")[-1]
+    assert 0 <= row["passkey_acc"] <= 1 and 0 <= row["eval_passkey_acc"] <= 1 and row["eval_loss"] is None
+
+
+@pytest.mark.parametrize("lm_every", [0, 2])
+def test_passkey_resume_is_bit_exact(tmp_path, cache, pretrained_run, lm_every):
+    config = passkey_config(cache, pretrained_run, lm_every=lm_every)
+    whole = train(config, out_dir=tmp_path / "whole", log=quiet, progress=False)
+    train(config, out_dir=tmp_path / "split", max_steps=2, log=quiet, progress=False)
+    resumed = train(config, out_dir=tmp_path / "split", resume=True, log=quiet, progress=False)
+    a, b = weights(whole), weights(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    state = json.loads((resumed / "trainer_state.json").read_text())
+    assert ("lm_sampler" in state) == bool(lm_every) and state["sampler"]["step"] == 4 - (lm_every and 2)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "whole")]
+    if lm_every:  # language-modelling steps (2, 4) have the corpus's loss, passkey steps the answer's
+        assert read_metrics(tmp_path / "whole")[1]["passkey_acc"] is None
+    assert all(torch.isfinite(torch.tensor(losses)))

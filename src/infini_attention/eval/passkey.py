@@ -196,36 +196,82 @@ def build_prompt(
 
 
 @torch.no_grad()
-def prefill(model, prompt: PasskeyPrompt, *, prefill_segments: int = 8, state=None):
-    """Stream all but the prompt's last chunk through the model.
+def prefill(model, prompt: PasskeyPrompt, *, prefill_segments: int = 8, state=None, start: int = 0):
+    """Stream the prompt's tokens ``[start, last chunk)`` through the model, from ``state`` (the state
+    after the first ``start`` tokens; None: a fresh one, ``start`` 0).
 
     Returns ``(state, rest, state_bytes)``: the state after the streamed part, the remaining ids
     (1 to ``prefill_segments * segment_len`` tokens, for ``stream_generate``) and the largest
-    ``state.nbytes`` seen between chunks (constant: chunks are whole segments).
+    ``state.nbytes`` seen between chunks (constant: at most one open segment is buffered).
     """
     N = model.config.segment_len
     chunk = prefill_segments * N
     device = next(model.parameters()).device
     if state is None:
+        if start:
+            raise ValueError("prefill from start > 0 needs the state after those tokens")
         state = model.init_state(1)
     state_bytes = state.nbytes
     T = len(prompt)
-    last = ((T - 1) // chunk) * chunk  # start of the final chunk
-    for a in range(0, last, chunk):
-        ids = torch.from_numpy(prompt.slice(a, a + chunk)).to(device)[None]
+    last = max(start, ((T - 1) // chunk) * chunk)  # start of the final chunk
+    a = start
+    while a < last:
+        b = min(last, (a // chunk + 1) * chunk)  # back on chunk (segment) boundaries after a snapshot
+        ids = torch.from_numpy(prompt.slice(a, b)).to(device)[None]
         state = model(ids, state, logits_to_keep=1).state
         state_bytes = max(state_bytes, state.nbytes)
+        a = b
     return state, torch.from_numpy(prompt.slice(last, T)), state_bytes
 
 
+@torch.no_grad()
+def shared_prefix_states(model, prompts: Sequence[PasskeyPrompt], *, prefill_segments: int = 8) -> list:
+    """The state after each prompt's ``intro + filler * x`` (the tokens before its key), computed in
+    one pass: prompts built from the same parts share that prefix and differ only in ``x``, so the
+    longest prefix is streamed once and the state is kept at every prompt's ``key_start``. The result
+    is the state streaming each prompt alone would reach there (split-resume is exact)."""
+    if not prompts:
+        return []
+    head = prompts[0].runs[:2]
+    if any(p.runs[0] != head[0] or p.runs[1][0] != head[1][0] for p in prompts):
+        raise ValueError("shared_prefix_states needs prompts built from the same parts")
+    chunk = prefill_segments * model.config.segment_len
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i].key_start)
+    longest = prompts[order[-1]]
+    states: list = [None] * len(prompts)
+    state, pos = model.init_state(1), 0
+    for i in order:
+        stop = prompts[i].key_start
+        while pos < stop:
+            b = min(stop, (pos // chunk + 1) * chunk)
+            ids = torch.from_numpy(longest.slice(pos, b)).to(device)[None]
+            state = model(ids, state, logits_to_keep=1).state  # a new state: snapshots stay valid
+            pos = b
+        states[i] = state
+    return states
+
+
 def run_trial(
-    model, parts: PasskeyParts, prompt: PasskeyPrompt, *, max_new_tokens: int = 8, prefill_segments: int = 8
+    model,
+    parts: PasskeyParts,
+    prompt: PasskeyPrompt,
+    *,
+    max_new_tokens: int = 8,
+    prefill_segments: int = 8,
+    state=None,
+    start: int = 0,
 ) -> dict[str, Any]:
-    """One greedy retrieval: prefill the prompt, decode, score. Returns a JSON-ready dict."""
+    """One greedy retrieval: prefill the prompt (from ``state`` after its first ``start`` tokens, see
+    ``shared_prefix_states``), decode, score. Returns a JSON-ready dict."""
     from ..generation import stream_generate
 
+    if prompt.runs[2][0] != parts.key_ids(prompt.key):
+        raise ValueError("the prompt's key sentence was not encoded with these parts' tokenizer")
     t0 = time.perf_counter()
-    state, rest, state_bytes = prefill(model, prompt, prefill_segments=prefill_segments)
+    state, rest, state_bytes = prefill(
+        model, prompt, prefill_segments=prefill_segments, state=state, start=start
+    )
     tokens: list[int] = []
     text = ""
     gen = stream_generate(
@@ -252,6 +298,7 @@ def run_trial(
         "prompt_tokens": len(prompt),
         "key_start": prompt.key_start,
         "depth": prompt.depth,
+        "streamed_tokens": len(prompt) - start,
         "seconds": seconds,
         "state_bytes": state_bytes,
     }
@@ -277,13 +324,19 @@ def run_passkey(
     *,
     max_new_tokens: int = 8,
     prefill_segments: int = 8,
+    share_prefix: bool = True,
     progress=None,
 ) -> dict[str, Any]:
     """Passkey accuracy for every (length, position) cell, ``trials`` random keys each.
 
+    With ``share_prefix`` the trials of a cell start from ``shared_prefix_states`` (the filler
+    before the key streamed once per cell, not once per trial): the same states, fewer tokens to
+    stream. ``False`` streams every prompt from its first token.
+
     Returns a JSON-ready dict: ``{"lengths", "positions", "trials", "seed", "segment_len",
-    "cells": [{"length", "position", "trials", "correct", "accuracy", "prompt_tokens", "seconds",
-    "tokens_per_s", "samples": [run_trial's dicts]}], "tokens", "seconds", "tokens_per_s"}``.
+    "cells": [{"length", "position", "trials", "correct", "accuracy", "prompt_tokens",
+    "streamed_tokens", "seconds", "tokens_per_s", "samples": [run_trial's dicts]}], "tokens",
+    "seconds", "tokens_per_s"}``; ``tokens_per_s`` counts prompt tokens per second of wall time.
     ``progress(cell)`` is called after each cell.
     """
     lengths = list(lengths)
@@ -310,19 +363,33 @@ def run_passkey(
     cells = []
     for length in lengths:
         for position in positions:
-            samples = []
+            t0 = time.perf_counter()
+            prompts = []
             for trial in range(trials):
                 rng = _trial_rng(seed, length, position, trial)
                 key = str(rng.randint(10000, 99999))
-                prompt = build_prompt(parts, length, position, key, N, rng)
-                samples.append(
-                    run_trial(
-                        model, parts, prompt, max_new_tokens=max_new_tokens, prefill_segments=prefill_segments
-                    )
+                prompts.append(build_prompt(parts, length, position, key, N, rng))
+            if share_prefix:
+                starts = [p.key_start for p in prompts]
+                states = shared_prefix_states(model, prompts, prefill_segments=prefill_segments)
+            else:
+                starts, states = [0] * trials, [None] * trials
+            samples = [
+                run_trial(
+                    model,
+                    parts,
+                    prompt,
+                    max_new_tokens=max_new_tokens,
+                    prefill_segments=prefill_segments,
+                    state=state,
+                    start=start,
                 )
+                for prompt, state, start in zip(prompts, states, starts, strict=True)
+            ]
+            seconds = time.perf_counter() - t0
             correct = sum(s["correct"] for s in samples)
             tokens = sum(s["prompt_tokens"] for s in samples)
-            seconds = sum(s["seconds"] for s in samples)
+            streamed = sum(s["streamed_tokens"] for s in samples) + (max(starts) if share_prefix else 0)
             cell = {
                 "length": length,
                 "position": position,
@@ -330,6 +397,7 @@ def run_passkey(
                 "correct": correct,
                 "accuracy": correct / trials,
                 "prompt_tokens": tokens,
+                "streamed_tokens": streamed,
                 "seconds": seconds,
                 "tokens_per_s": tokens / seconds if seconds > 0 else None,
                 "samples": samples,
@@ -409,4 +477,5 @@ __all__ = [
     "run_passkey",
     "run_trial",
     "score",
+    "shared_prefix_states",
 ]

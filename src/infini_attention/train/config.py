@@ -17,6 +17,7 @@ from typing import Any
 from ..models.config import ModelConfig
 
 AUTOCAST = ("none", "bf16")
+TASKS = ("lm", "passkey")
 # vocab_size stand-in used to validate [model] before the tokenizer is known
 _VOCAB_PLACEHOLDER = 257
 
@@ -66,9 +67,20 @@ class DataConfig:
     text_field: str = "text"  # .jsonl / datasets field holding the text
     seq_len: int = 2048  # L: tokens per training row (a multiple of the model's segment_len)
     cache_dir: str | None = None  # prepared-data cache (None: $INFINI_CACHE or ~/.cache/infini-attention)
+    # "lm": language modelling on the corpus; "passkey": passkey prompts (data/passkey_task.py), loss on
+    # the answer only, row lengths drawn in [passkey_min_len, seq_len] (0: one segment)
+    task: str = "lm"
+    passkey_min_len: int = 0
+    lm_every: int = 0  # with task "passkey": every k-th step is a language-modelling batch (0: never)
 
     def __post_init__(self) -> None:
         s = "data"
+        if self.task not in TASKS:
+            raise ValueError(f"[data] task must be one of {TASKS}, got {self.task!r}")
+        _int(s, "passkey_min_len", self.passkey_min_len, minimum=0)
+        _int(s, "lm_every", self.lm_every, minimum=0)
+        if self.lm_every and self.task == "lm":
+            raise ValueError('[data] lm_every only applies to task = "passkey"')
         _str(s, "corpus", self.corpus)
         _str(s, "tokenizer", self.tokenizer, optional=True)
         _int(s, "vocab_size", self.vocab_size, minimum=257)
@@ -128,9 +140,13 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept; 0 = keep all
     tensorboard: bool = True  # also log to <out_dir>/tb
     out_dir: str | None = None  # None: runs/<config file name>
+    # start from this model (a checkpoint folder or "default") instead of a random init: fine-tuning.
+    # Its config is the base that [model] keys override (e.g. segment_len, update); its tokenizer is used.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         s = "train"
+        _str(s, "init_from", self.init_from, optional=True)
         _int(s, "batch_size", self.batch_size)
         _int(s, "max_steps", self.max_steps)
         _int(s, "seed", self.seed, minimum=0)
@@ -181,6 +197,8 @@ class RunConfig:
         vocab = self.model.get("vocab_size", "auto")
         if vocab != "auto":
             _int("model", "vocab_size", vocab)
+        if self.train.init_from is not None:
+            return  # [model] overrides the starting model's config: validated once that is read
         cfg = self.model_config(None)  # validates every other field (ModelConfig's own checks)
         if self.data.seq_len % cfg.segment_len:
             raise ValueError(
@@ -192,8 +210,26 @@ class RunConfig:
     def vocab_auto(self) -> bool:
         return self.model.get("vocab_size", "auto") == "auto"
 
-    def model_config(self, tokenizer_vocab: int | None) -> ModelConfig:
-        """The ``ModelConfig``, with ``vocab_size`` from the tokenizer when it is "auto"."""
+    def model_config(self, tokenizer_vocab: int | None, base: ModelConfig | None = None) -> ModelConfig:
+        """The ``ModelConfig``, with ``vocab_size`` from the tokenizer when it is "auto". With ``base``
+        (the ``init_from`` model's), the ``[model]`` keys override its fields."""
+        if base is not None:
+            values = {**base.to_dict(), **{k: v for k, v in self.model.items() if k != "vocab_size"}}
+            if not self.vocab_auto and self.model["vocab_size"] != base.vocab_size:
+                raise ValueError(
+                    f"[model] vocab_size ({self.model['vocab_size']}) differs from the init_from model's "
+                    f"({base.vocab_size})"
+                )
+            try:
+                config = ModelConfig(**values)
+            except ValueError as err:
+                raise ValueError(f"[model] {err}") from None
+            if self.data.seq_len % config.segment_len:
+                raise ValueError(
+                    f"[data] seq_len ({self.data.seq_len}) must be a multiple of segment_len "
+                    f"({config.segment_len})"
+                )
+            return config
         values = dict(self.model)
         if self.vocab_auto:
             values["vocab_size"] = tokenizer_vocab or _VOCAB_PLACEHOLDER
@@ -224,7 +260,7 @@ class RunConfig:
         for section in data:
             if section != "model" and section not in SECTIONS:
                 raise ValueError(f"unknown section [{section}]")
-        if "model" not in data:
+        if "model" not in data and not data.get("train", {}).get("init_from"):
             raise ValueError("missing section [model]")
         sections = {}
         for name, klass in SECTIONS.items():
@@ -237,7 +273,7 @@ class RunConfig:
                     raise ValueError(f"unknown key '{key}' in [{name}]")
             # TOML has no None: an absent key keeps the default; "none" is not special here
             sections[name] = klass(**table)
-        return cls(model=dict(data["model"]), **sections)
+        return cls(model=dict(data.get("model", {})), **sections)
 
 
 def _resolve_path(spec: str, base: Path) -> str:
@@ -272,6 +308,8 @@ def load_config(path: str | Path) -> RunConfig:
     config.data.corpus = _resolve_path(config.data.corpus, base)
     if config.data.tokenizer is not None:
         config.data.tokenizer = _resolve_path(config.data.tokenizer, base)
+    if config.train.init_from is not None and config.train.init_from != "default":
+        config.train.init_from = _resolve_path(config.train.init_from, base)
     if config.train.out_dir is None:
         config.train.out_dir = str(Path("runs") / path.stem)
     return config

@@ -18,6 +18,8 @@ FIELDS = [
     "gate_max",
     "eval_loss",
     "eval_ppl",
+    "passkey_acc",
+    "eval_passkey_acc",
 ]
 _TB_TAGS = {
     "loss": "train/loss",
@@ -30,6 +32,8 @@ _TB_TAGS = {
     "gate_max": "gates/max",
     "eval_loss": "eval/loss",
     "eval_ppl": "eval/ppl",
+    "passkey_acc": "train/passkey_acc",
+    "eval_passkey_acc": "eval/passkey_acc",
 }
 
 

@@ -61,3 +61,32 @@ def evaluate(model: InfiniTransformer, shards, max_tokens: int, *, chunk_len: in
         return None
     mean = total / count
     return {"eval_loss": mean, "eval_ppl": math.exp(min(mean, 700.0)), "eval_tokens": count}
+
+
+@torch.no_grad()
+def evaluate_passkey(
+    model: InfiniTransformer, tokenizer, seq_len: int, batch_size: int, seed: int, rows: int = 32
+) -> float:
+    """Share of ``rows`` held-out passkey prompts of ``seq_len`` tokens whose answer greedy decoding
+    reproduces (teacher-forced argmax, see ``data.passkey_task``). The prompts are the same at every
+    evaluation and never trained on (their own seed stream)."""
+    from ..data.passkey_task import PasskeySampler, answer_span, retrieved
+
+    sampler = PasskeySampler(
+        tokenizer, seq_len, model.config.segment_len, batch_size, seed + 1_000_003, min_len=seq_len
+    )
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    hits = done = 0
+    try:
+        while done < rows:
+            batch = sampler.next_batch().to(device)
+            out = model(
+                batch.input_ids, None, pad_mask=batch.pad_mask, logits_to_keep=answer_span(batch.labels)
+            )
+            hits += int(retrieved(out.logits, batch.labels).sum())
+            done += batch.input_ids.shape[0]
+    finally:
+        model.train(was_training)
+    return hits / done

@@ -20,7 +20,7 @@ from ..models import InfiniTransformer
 from . import checkpoint as ckpt
 from .config import RunConfig
 from .metrics import MetricsLog
-from .runtime import autocast, evaluate, gate_stats, pick_device
+from .runtime import autocast, evaluate, evaluate_passkey, gate_stats, pick_device
 from .schedule import Schedule, build_optimizer
 
 
@@ -42,13 +42,13 @@ def _check_resumable(config: RunConfig, saved: dict, model_config: dict) -> None
         )
 
 
-def _prepare(config: RunConfig):
+def _prepare(config: RunConfig, tokenizer: str | None):
     from ..data.prepare import prepare_data
 
     d = config.data
     return prepare_data(
         d.corpus,
-        tokenizer=d.tokenizer,
+        tokenizer=tokenizer,
         vocab_size=d.vocab_size,
         cache_dir=d.cache_dir,
         eval_fraction=d.eval_fraction,
@@ -77,7 +77,9 @@ def train(
     from tqdm.auto import tqdm
 
     from ..data.packing import SequenceSampler
-    from ..pretrained import load_weights
+    from ..data.passkey_task import PasskeySampler, answer_span, retrieved
+    from ..data.tokenizer import Tokenizer
+    from ..pretrained import load_weights, read_model_config, resolve_checkpoint
 
     tc = config.train
     out_dir = Path(out_dir if out_dir is not None else tc.out_dir or "runs/train")
@@ -95,34 +97,60 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.remove_stale(out_dir)
 
-    data = _prepare(config)
-    model_config = config.model_config(data.tokenizer.vocab_size)
+    d = config.data
+    init_folder = resolve_checkpoint(tc.init_from) if tc.init_from else None
+    tokenizer_file = d.tokenizer
+    if tokenizer_file is None and init_folder is not None:
+        tokenizer_file = str(init_folder / "tokenizer.json")  # fine-tuning keeps the model's tokenizer
+    # the corpus is read for language modelling, and to train a tokenizer when none is given
+    data = (
+        _prepare(config, tokenizer_file) if d.task == "lm" or d.lm_every or tokenizer_file is None else None
+    )
+    tokenizer = data.tokenizer if data is not None else Tokenizer.from_file(tokenizer_file)
+    base = read_model_config(init_folder) if init_folder is not None else None
+    model_config = config.model_config(tokenizer.vocab_size, base)
     if found is not None:
         saved = json.loads((found / "config.json").read_text(encoding="utf-8"))
         _check_resumable(config, saved, model_config.to_dict())
-        if (found / "tokenizer.json").read_text(encoding="utf-8") != _tokenizer_json(data.tokenizer):
+        if (found / "tokenizer.json").read_text(encoding="utf-8") != _tokenizer_json(tokenizer):
             raise ValueError(f"cannot resume: the prepared tokenizer differs from {found / 'tokenizer.json'}")
 
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
     model = InfiniTransformer(model_config).to(device)
+    if init_folder is not None and found is None:
+        load_weights(model, init_folder / "model.safetensors")
+        log(f"starting from {init_folder}")
     optimizer = build_optimizer(model, config.optim)
     schedule = Schedule(optimizer, config.optim, tc.max_steps)
     N = model_config.segment_len
-    sampler = SequenceSampler(data.train, config.data.seq_len, N, tc.batch_size, tc.seed)
+    samplers = {}
+    if d.task == "passkey":
+        samplers["sampler"] = PasskeySampler(
+            tokenizer, d.seq_len, N, tc.batch_size, tc.seed, min_len=d.passkey_min_len or None
+        )
+    if data is not None and (d.task == "lm" or d.lm_every):
+        samplers["sampler" if d.task == "lm" else "lm_sampler"] = SequenceSampler(
+            data.train, d.seq_len, N, tc.batch_size, tc.seed
+        )
     step, tokens_seen = 0, 0
     if found is not None:
         load_weights(model, found / "model.safetensors")
         state = ckpt.load_trainer_state(found, optimizer)
-        sampler.load_state_dict(state["sampler"])
+        for name, sampler in samplers.items():
+            sampler.load_state_dict(state[name])
         step, tokens_seen = int(state["step"]), int(state.get("tokens_seen", 0))
         log(f"resuming from {found} (step {step})")
     n_params = sum(p.numel() for p in model.parameters())
+    if d.task == "lm":
+        what = f"{data.train.num_tokens:,} train tokens in {samplers['sampler'].num_rows} rows of {d.seq_len}"
+    else:
+        mix = f", every {d.lm_every}th step language modelling" if d.lm_every else ""
+        what = f"passkey prompts of {samplers['sampler'].min_len}-{d.seq_len} tokens{mix}"
     log(
         f"model: {n_params / 1e6:.2f}M parameters, {model_config.n_layers} layers, d_model "
-        f"{model_config.d_model}, vocab {model_config.vocab_size}; data: {data.train.num_tokens:,} train "
-        f"tokens in {sampler.num_rows} rows of {config.data.seq_len} ({config.data.seq_len // N} segments "
-        f"of {N}); device {device}"
+        f"{model_config.d_model}, vocab {model_config.vocab_size}; data: {what} (segments of {N}); "
+        f"device {device}"
     )
     if step >= stop:
         log(f"already at step {step} (stop at {stop}): nothing to train")
@@ -136,12 +164,16 @@ def train(
     say = tqdm.write if not bar.disable else log
     last_saved, last_row = None, None
     window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0  # since the last logged row
+    window_hits, window_rows = 0, 0  # passkey rows retrieved (teacher-forced argmax) since then
     model.train()
     try:
         while step < stop:
             t0 = time.perf_counter()
             lrs = schedule.apply(step)
-            batch = sampler.next_batch().to(device)
+            lm_step = d.task == "lm" or (d.lm_every and (step + 1) % d.lm_every == 0)
+            batch = samplers["sampler" if d.task == "lm" or not lm_step else "lm_sampler"].next_batch()
+            batch = batch.to(device)
+            keep = 0 if lm_step else answer_span(batch.labels)  # passkey: logits for the answer only
             with autocast(config, device):
                 out = model(
                     batch.input_ids,
@@ -151,7 +183,11 @@ def train(
                     doc_start=batch.doc_start,
                     detach_every=tc.detach_every,
                     checkpoint_segments=tc.checkpoint_segments,
+                    logits_to_keep=keep,
                 )
+            if not lm_step:
+                window_hits += int(retrieved(out.logits.detach(), batch.labels).sum())
+                window_rows += batch.input_ids.shape[0]
             loss = out.loss
             loss_value = loss.item()
             if not math.isfinite(loss_value):
@@ -175,7 +211,9 @@ def train(
             bar.set_postfix_str(f"loss {loss_value:.3f} | {tps:,.0f} tok/s | gates {spread}")
 
             final = step == stop
-            do_eval = tc.eval_tokens > 0 and ((tc.eval_every and step % tc.eval_every == 0) or final)
+            lm_eval = tc.eval_tokens > 0 and data is not None
+            can_eval = lm_eval or d.task == "passkey"  # passkey fine-tuning always checks retrieval
+            do_eval = can_eval and ((tc.eval_every and step % tc.eval_every == 0) or final)
             if step % tc.log_every == 0 or do_eval or final:
                 row = {
                     "step": step,
@@ -186,37 +224,43 @@ def train(
                     "grad_norm": grad_norm,
                     **gates,
                 }
-                if do_eval:
-                    result = evaluate(
-                        model,
-                        data.eval,
-                        tc.eval_tokens,
-                        chunk_len=config.data.seq_len,
-                    )
+                if window_rows:
+                    row["passkey_acc"] = window_hits / window_rows
+                if do_eval and lm_eval:
+                    result = evaluate(model, data.eval, tc.eval_tokens, chunk_len=d.seq_len)
                     if result is not None:
                         row.update(eval_loss=result["eval_loss"], eval_ppl=result["eval_ppl"])
                         say(
                             f"step {step}: eval loss {result['eval_loss']:.4f}, ppl {result['eval_ppl']:.2f} "
                             f"({result['eval_tokens']:,} tokens)"
                         )
+                if do_eval and d.task == "passkey":
+                    acc = evaluate_passkey(model, tokenizer, d.seq_len, tc.batch_size, tc.seed)
+                    row["eval_passkey_acc"] = acc
+                    say(
+                        f"step {step}: passkey retrieval, held-out {d.seq_len}-token prompts {100 * acc:.1f}%"
+                    )
                 metrics.write(row)
                 if bar.disable and not do_eval:
+                    acc = f", passkey {100 * row['passkey_acc']:.0f}%" if "passkey_acc" in row else ""
                     say(
-                        f"step {step}/{stop}: loss {row['loss']:.4f}, lr {row['lr']:.2e}, {tps:,.0f} tok/s, "
+                        f"step {step}/{stop}: loss {row['loss']:.4f}{acc}, lr {row['lr']:.2e}, "
+                        f"{tps:,.0f} tok/s, "
                         f"gates {gates['gate_min']:.2f}..{gates['gate_max']:.2f}"
                     )
                 window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
+                window_hits, window_rows = 0, 0
                 last_row = row
             if final or (tc.save_every and step % tc.save_every == 0):
                 last_saved = ckpt.save_checkpoint(
                     out_dir,
                     step,
                     model=model,
-                    tokenizer=data.tokenizer,
+                    tokenizer=tokenizer,
                     run_config=run_dict,
                     optimizer=optimizer,
                     trainer_state={
-                        "sampler": sampler.state_dict(),
+                        **{name: sampler.state_dict() for name, sampler in samplers.items()},
                         "schedule": schedule.state_dict(),
                         "tokens_seen": tokens_seen,
                         "metrics": last_row,

@@ -1,0 +1,181 @@
+"""Passkey fine-tuning data (paper section 4.3): short passkey prompts with the answer as the only target.
+
+Each row is the evaluation's prompt template (``eval.passkey``: intro, filler, key sentence, filler,
+question) followed by the answer ``" 12345."``, padded on the right to the row length::
+
+    [ intro | filler * x | key sentence | filler * y | question | answer | pad ... ]
+                                                        labels: ^^^^^^^ (the answer's tokens only)
+
+so the loss is the cross-entropy of the answer given the prompt, teacher-forced. A row counts as
+*retrieved* when every answer token is the argmax: that is exactly "greedy decoding reproduces the
+answer", so the training accuracy reads the same way as the evaluation's.
+
+What varies, all drawn from ``random.Random(f"passkey-train-{seed}-{step}")`` (resumable: the state
+is the step count; the evaluation's trials use other seeds, so no evaluation prompt is trained on):
+
+- the row length: one per batch, uniform in ``[min_len, seq_len]`` and rounded up to whole segments
+  (short batches are cheap; the longest put the key up to ``seq_len / N`` segments away);
+- the key: 5 random digits;
+- the depth: uniform in [0, 1] (share of the filler before the key), so the key sits in any segment,
+  the question's own one included.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from ..eval.passkey import PasskeyParts, PasskeyPrompt
+from .packing import IGNORE, PAD_ID, Batch, _check_lengths
+
+ANSWER = " {key}."
+
+
+def answer_ids(parts: PasskeyParts, key: str) -> tuple[int, ...]:
+    """The answer's ids: the key as the model should continue ``... The pass key is``, then a period
+    (which ends the number, so the evaluation's 5-digit match stops there)."""
+    return tuple(parts.tokenizer.encode(ANSWER.format(key=key)))
+
+
+def training_prompt(parts: PasskeyParts, length: int, key: str, depth: float) -> PasskeyPrompt:
+    """A prompt of at most ``length`` tokens (within one filler block) with the key at ``depth``."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    key_ids = parts.key_ids(key)
+    n1, n2 = len(parts.filler), len(parts.filler_after)
+    budget = length - len(parts.intro) - len(key_ids) - len(parts.question)
+    if budget < 0:
+        raise ValueError(f"length {length} is too short for a passkey prompt")
+    x = min(round(depth * budget / n1), budget // n1)
+    y = (budget - x * n1) // n2
+    runs = ((parts.intro, 1), (parts.filler, x), (key_ids, 1), (parts.filler_after, y), (parts.question, 1))
+    return PasskeyPrompt(key=key, x=x, y=y, runs=runs)
+
+
+class PasskeySampler:
+    """Endless batches of passkey rows ``[batch_size, L]``, L a multiple of ``segment_len`` <= seq_len."""
+
+    ANSWER_ROOM = 8  # tokens kept free for the answer (" 12345." is 3 to 7 tokens with a BPE)
+
+    def __init__(
+        self,
+        tokenizer,
+        seq_len: int,
+        segment_len: int,
+        batch_size: int,
+        seed: int,
+        *,
+        min_len: int | None = None,
+        copy_targets: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        _check_lengths(seq_len, segment_len)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.parts = PasskeyParts.from_tokenizer(tokenizer)
+        self.seq_len, self.segment_len, self.batch_size = seq_len, segment_len, batch_size
+        self.min_len = segment_len if min_len is None else int(min_len)
+        shortest = self.parts.min_length() + self.ANSWER_ROOM
+        if not shortest <= self.min_len <= seq_len:
+            raise ValueError(
+                f"passkey min_len must be in [{shortest}, seq_len={seq_len}] for this tokenizer, "
+                f"got {self.min_len}"
+            )
+        self.seed, self.rank, self.world_size = int(seed), rank, world_size
+        self.copy_targets = copy_targets
+        self.step = 0
+
+    def _rng(self) -> random.Random:
+        return random.Random(f"passkey-train-{self.seed}-{self.step}")
+
+    def next_batch(self) -> Batch:
+        rng = self._rng()
+        N = self.segment_len
+        drawn = rng.randint(self.min_len, self.seq_len)
+        L = min(-(-drawn // N) * N, self.seq_len)
+        length = max(drawn, self.parts.min_length()) - self.ANSWER_ROOM  # prompt budget
+        length = max(length, self.parts.min_length())
+        rows = []
+        for r in range(self.batch_size * self.world_size):  # every rank draws all; keeps its share
+            key = str(rng.randint(10000, 99999))
+            prompt = training_prompt(self.parts, length, key, rng.random())
+            if r % self.world_size == self.rank:
+                rows.append(self._row(prompt, L))
+        self.step += 1
+        cols = [torch.from_numpy(np.stack(col)) for col in zip(*rows, strict=True)]
+        return Batch(*cols)
+
+    def _row(self, prompt: PasskeyPrompt, L: int) -> tuple[np.ndarray, ...]:
+        answer = np.asarray(answer_ids(self.parts, prompt.key), dtype=np.int64)
+        ids = np.concatenate([prompt.slice(0, len(prompt)), answer])
+        T = len(ids)
+        if T > L:
+            raise AssertionError(f"passkey row of {T} tokens does not fit {L}")  # ANSWER_ROOM covers it
+        row_ids = np.full(L, PAD_ID, dtype=np.int64)
+        row_ids[:T] = ids
+        labels = np.full(L, IGNORE, dtype=np.int64)
+        first = len(prompt) - 1  # the question's last token predicts the answer's first
+        labels[first : T - 1] = answer
+        if self.copy_targets:  # also the key's second mention, which the first predicts (local copying)
+            key = self.parts.key_ids(prompt.key)
+            digits = answer_ids(self.parts, prompt.key)[:-1]
+            at = prompt.key_start + _find(key, digits, start=len(digits) + 1)
+            labels[at - 1 : at - 1 + len(digits)] = digits
+        pad = np.ones(L, dtype=bool)
+        pad[:T] = False
+        start = np.zeros(L, dtype=bool)
+        start[0] = True
+        return row_ids, labels, pad, start
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "segment_len": self.segment_len,
+            "min_len": self.min_len,
+            "batch_size": self.batch_size,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "seq_len", "segment_len", "min_len", "batch_size", "rank", "world_size"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"sampler state is for {key}={state[key]}, this sampler has {getattr(self, key)}"
+                )
+        step = int(state["step"])
+        if step < 0:
+            raise ValueError(f"invalid passkey sampler state: step={step}")
+        self.step = step
+
+
+def retrieved(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: True when every labelled position's argmax is its label (greedy reproduces the
+    answer). ``logits`` [B, K, V] are for the last K positions of ``labels`` [B, L]."""
+    labels = labels[:, -logits.shape[1] :]
+    hit = (logits.argmax(-1) == labels) | (labels == IGNORE)
+    return hit.all(dim=1) & (labels != IGNORE).any(dim=1)
+
+
+def answer_span(labels: torch.Tensor) -> int:
+    """How many trailing positions cover every label in the batch (for ``logits_to_keep``)."""
+    has = (labels != IGNORE).any(dim=0).nonzero()
+    return int(labels.shape[1] - has[0, 0]) if len(has) else 1
+
+
+def _find(seq: tuple[int, ...], sub: tuple[int, ...], start: int = 0) -> int:
+    for i in range(start, len(seq) - len(sub) + 1):
+        if seq[i : i + len(sub)] == sub:
+            return i
+    raise AssertionError(f"{sub} not found in {seq}")

@@ -1,0 +1,107 @@
+"""Passkey fine-tuning rows: the evaluation's template, the answer as the only target, resumable."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from helpers import ByteTokenizer
+from infini_attention.data.packing import IGNORE
+from infini_attention.data.passkey_task import (
+    PasskeySampler,
+    answer_ids,
+    answer_span,
+    retrieved,
+    training_prompt,
+)
+from infini_attention.eval.passkey import QUESTION, PasskeyParts, prompt_text
+
+
+@pytest.fixture
+def tok():
+    return ByteTokenizer()
+
+
+def test_rows_are_prompt_then_answer_then_padding(tok):
+    sampler = PasskeySampler(tok, seq_len=1024, segment_len=128, batch_size=3, seed=5, min_len=400)
+    for _ in range(4):
+        b = sampler.next_batch()
+        B, L = b.input_ids.shape
+        assert B == 3 and L % 128 == 0 and 400 <= L <= 1024
+        for r in range(B):
+            real = int((~b.pad_mask[r]).sum())
+            assert not b.pad_mask[r, :real].any() and b.pad_mask[r, real:].all()
+            assert (b.input_ids[r, real:] == 0).all() and b.doc_start[r].tolist() == [True] + [False] * (
+                L - 1
+            )
+            text = tok.decode(b.input_ids[r, :real].tolist())
+            m = re.fullmatch(
+                r".* The pass key is (\d{5})\. Remember it\. \1 is the pass key\..*"
+                + re.escape(QUESTION)
+                + r" (\d{5})\.",
+                text,
+            )
+            assert m and m.group(1) == m.group(2), text[-200:]
+            # the labels are the answer, each at the position that predicts it
+            lab = b.labels[r]
+            at = (lab != IGNORE).nonzero().flatten()
+            answer = answer_ids(PasskeyParts.from_tokenizer(tok), m.group(1))
+            assert lab[at].tolist() == list(answer)
+            assert at.tolist() == list(range(real - len(answer) - 1, real - 1))
+            assert b.input_ids[r, at + 1].tolist() == list(answer)
+
+
+def test_depth_and_length(tok):
+    parts = PasskeyParts.from_tokenizer(tok)
+    for depth in (0.0, 0.3, 1.0):
+        p = training_prompt(parts, 2000, "12345", depth)
+        assert 2000 - len(parts.filler) < len(p) <= 2000
+        assert p.depth == pytest.approx(depth, abs=len(parts.filler) / 2000 + 1e-9)
+        assert tok.decode(p.ids().tolist()) == prompt_text("12345", p.x, p.y)
+    with pytest.raises(ValueError, match="depth"):
+        training_prompt(parts, 2000, "12345", 1.5)
+    with pytest.raises(ValueError, match="too short"):
+        training_prompt(parts, 50, "12345", 0.5)
+
+
+def test_resume_and_rank_sharding(tok):
+    a = PasskeySampler(tok, 512, 64, 2, seed=1, min_len=300)
+    first = [a.next_batch() for _ in range(3)]
+    b = PasskeySampler(tok, 512, 64, 2, seed=1, min_len=300)
+    b.load_state_dict(a.state_dict())
+    c = PasskeySampler(tok, 512, 64, 2, seed=1, min_len=300)
+    for _ in range(3):
+        c.next_batch()
+    assert torch.equal(b.next_batch().input_ids, c.next_batch().input_ids)
+    assert not torch.equal(first[0].input_ids[:, :300], first[1].input_ids[:, :300])
+    # two ranks split the rows a single process would draw
+    whole = PasskeySampler(tok, 512, 64, 4, seed=2, min_len=300).next_batch().input_ids
+    r0 = PasskeySampler(tok, 512, 64, 2, seed=2, min_len=300, rank=0, world_size=2).next_batch().input_ids
+    r1 = PasskeySampler(tok, 512, 64, 2, seed=2, min_len=300, rank=1, world_size=2).next_batch().input_ids
+    assert torch.equal(torch.stack([r0[0], r1[0], r0[1], r1[1]]), whole)
+    with pytest.raises(ValueError, match="seed=1"):
+        PasskeySampler(tok, 512, 64, 2, seed=9, min_len=300).load_state_dict(a.state_dict())
+
+
+def test_bad_settings(tok):
+    with pytest.raises(ValueError, match="min_len"):
+        PasskeySampler(tok, 512, 64, 2, seed=0, min_len=10)
+    with pytest.raises(ValueError, match="multiple of segment_len"):
+        PasskeySampler(tok, 500, 64, 2, seed=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        PasskeySampler(tok, 512, 64, 0, seed=0)
+
+
+def test_retrieved_is_exact_match_of_the_answer():
+    labels = torch.full((3, 10), IGNORE)
+    labels[:, 6:9] = torch.tensor([4, 5, 6])
+    logits = torch.zeros(3, 5, 8)  # the last 5 positions
+    for r, answer in enumerate(([4, 5, 6], [4, 5, 7], [4, 5, 6])):
+        for j, t in enumerate(answer):
+            logits[r, 1 + j, t] = 1.0
+    logits[2, 4, 3] = 1.0  # a position without a label does not count
+    assert retrieved(logits, labels).tolist() == [True, False, True]
+    assert answer_span(labels) == 4
+    assert answer_span(torch.full((2, 5), IGNORE)) == 1
