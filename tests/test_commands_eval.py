@@ -133,6 +133,44 @@ def test_eval_passkey_prints_table_and_writes_json(fake_models, tmp_path, capsys
     assert len(results["cells"]) == 4 and all(len(c["samples"]) == 2 for c in results["cells"])
 
 
+def test_eval_passkey_options_and_heatmap(fake_models, tmp_path, capsys):
+    """--bf16, --memory-off, --no-shared-prefix are recorded and run; --plot and `plot passkey` draw."""
+    out, png = tmp_path / "pk.json", tmp_path / "pk.png"
+    argv = [
+        "eval",
+        "passkey",
+        "--model",
+        "tiny",
+        "--lengths",
+        "400",
+        "--positions",
+        "middle",
+        "--trials",
+        "2",
+    ]
+    assert main([*argv, "--json", str(out)]) == 0
+    plain = json.loads(out.read_text())
+    assert main([*argv, "--no-shared-prefix", "--json", str(out)]) == 0
+    full = json.loads(out.read_text())
+    outputs = [[s["output"] for s in r["cells"][0]["samples"]] for r in (plain, full)]
+    assert outputs[0] == outputs[1]  # the shared prefix changes the cost, not the answers
+    assert full["cells"][0]["streamed_tokens"] > plain["cells"][0]["streamed_tokens"]
+    assert main([*argv, "--bf16", "--memory-off", "--json", str(out), "--plot", str(png)]) == 0
+    r = json.loads(out.read_text())
+    assert r["bf16"] is True and r["memory_off"] is True and r["model"] == "tiny"
+    assert png.stat().st_size > 1000
+    model = fake_models["tiny"][0]
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in model.gates())  # gates restored after
+    png.unlink()
+    assert main(["plot", "passkey", "--results", str(out), "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000 and "heatmap written" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"overall": 1}')
+    one_line_error(
+        capsys, ["plot", "passkey", "--results", str(bad), "--out", str(png)], "not passkey results"
+    )
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [

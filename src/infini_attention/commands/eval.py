@@ -113,6 +113,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     pk.add_argument("--trials", type=int, default=5, help="random keys per cell (default: 5)")
     pk.add_argument("--seed", type=int, default=0, help="random seed for keys and depths (default: 0)")
+    pk.add_argument(
+        "--bf16",
+        action="store_true",
+        help="compute in bfloat16 (torch.autocast); the memory stays float32 (faster on CPUs with bf16)",
+    )
+    pk.add_argument(
+        "--memory-off",
+        action="store_true",
+        help="ablation: gate the memory off (local attention only), to show what the memory retrieves",
+    )
+    pk.add_argument(
+        "--no-shared-prefix",
+        action="store_true",
+        help="stream every prompt from its first token (default: the filler before the keys once per cell)",
+    )
+    pk.add_argument("--plot", metavar="PNG", default=None, help="also write the accuracy heatmap")
     pk.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON")
 
 
@@ -183,6 +199,10 @@ def _progress_bar(total: int):
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
+    import torch
+
     if args.eval_command == "ppl":
         from ..eval.perplexity import format_ppl_table
 
@@ -208,8 +228,31 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    results = run_passkey(model, tokenizer, lengths, positions, args.trials, args.seed, progress=progress)
+    _check_out(args.plot)
+    with contextlib.ExitStack() as stack:
+        if args.bf16:
+            device_type = next(model.parameters()).device.type
+            stack.enter_context(torch.autocast(device_type=device_type, dtype=torch.bfloat16))
+        if args.memory_off:
+            from ..models.transformer import memory_disabled
+
+            stack.enter_context(memory_disabled(model))
+        results = run_passkey(
+            model,
+            tokenizer,
+            lengths,
+            positions,
+            args.trials,
+            args.seed,
+            share_prefix=not args.no_shared_prefix,
+            progress=progress,
+        )
+    results.update(model=str(args.model), bf16=bool(args.bf16), memory_off=bool(args.memory_off))
     print(format_passkey_table(results))
     if args.json:
         _write_json(args.json, results)
+    if args.plot:
+        from ..eval.plots import plot_passkey
+
+        plot_passkey(results, args.plot)
     return 0

@@ -1,4 +1,5 @@
-"""``infini plot gates|ppl``: the gate scores per layer and head (Figure 3); perplexity by position."""
+"""``infini plot gates|ppl|passkey``: gate scores per layer and head (Figure 3); perplexity by position;
+passkey accuracy by length and depth."""
 
 from __future__ import annotations
 
@@ -44,6 +45,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     ppl.add_argument("--out", default="ppl.png", help="output image (default: ppl.png)")
 
+    pk = actions.add_parser(
+        "passkey",
+        help="passkey accuracy heatmap, length x key position",
+        description="Heatmap of passkey retrieval accuracy by prompt length and key depth, from the JSON "
+        "of 'infini eval passkey --json'.",
+    )
+    pk.add_argument(
+        "--results", metavar="JSON", required=True, help="written by 'infini eval passkey --json'"
+    )
+    pk.add_argument("--title", default=None, help="plot title")
+    pk.add_argument("--out", default="passkey.png", help="output image (default: passkey.png)")
+
 
 def _check_out(path: str) -> None:
     if not Path(path).expanduser().resolve().parent.is_dir():
@@ -74,6 +87,13 @@ def run(args: argparse.Namespace) -> int:
             f"gates written to {args.out}: {s['heads']} heads, {s['near_0']} near 0, "
             f"{s['near_1']} near 1, {s['mixers']} mixers"
         )
+        return 0
+
+    if args.plot_command == "passkey":
+        from ..eval.plots import plot_passkey
+
+        plot_passkey(_read_results(args.results), args.out, title=args.title)
+        print(f"passkey heatmap written to {args.out}")
         return 0
 
     from ..eval.plots import plot_ppl

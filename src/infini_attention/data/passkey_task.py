@@ -58,6 +58,7 @@ class PasskeySampler:
     """Endless batches of passkey rows ``[batch_size, L]``, L a multiple of ``segment_len`` <= seq_len."""
 
     ANSWER_ROOM = 8  # tokens kept free for the answer (" 12345." is 3 to 7 tokens with a BPE)
+    WORD_KEY_ROOM = 40  # with word keys: a 13-token answer, and the key sentence's two longer mentions
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class PasskeySampler:
         *,
         min_len: int | None = None,
         copy_targets: bool = False,
+        word_keys: float = 0.0,
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -80,7 +82,8 @@ class PasskeySampler:
         self.parts = PasskeyParts.from_tokenizer(tokenizer)
         self.seq_len, self.segment_len, self.batch_size = seq_len, segment_len, batch_size
         self.min_len = segment_len if min_len is None else int(min_len)
-        shortest = self.parts.min_length() + self.ANSWER_ROOM
+        self.room = self.WORD_KEY_ROOM if word_keys else self.ANSWER_ROOM
+        shortest = self.parts.min_length() + self.room
         if not shortest <= self.min_len <= seq_len:
             raise ValueError(
                 f"passkey min_len must be in [{shortest}, seq_len={seq_len}] for this tokenizer, "
@@ -88,6 +91,12 @@ class PasskeySampler:
             )
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
         self.copy_targets = copy_targets
+        if not 0.0 <= word_keys <= 1.0:
+            raise ValueError(f"word_keys must be a share in [0, 1], got {word_keys}")
+        self.word_keys = float(word_keys)
+        self.words = _words(tokenizer) if word_keys else []
+        if word_keys and len(self.words) < 100:
+            raise ValueError(f"word_keys needs a vocabulary of words; this tokenizer has {len(self.words)}")
         self.step = 0
 
     def _rng(self) -> random.Random:
@@ -98,11 +107,13 @@ class PasskeySampler:
         N = self.segment_len
         drawn = rng.randint(self.min_len, self.seq_len)
         L = min(-(-drawn // N) * N, self.seq_len)
-        length = max(drawn, self.parts.min_length()) - self.ANSWER_ROOM  # prompt budget
-        length = max(length, self.parts.min_length())
+        length = drawn - self.room  # the prompt's budget; the answer fits in the room left
         rows = []
         for r in range(self.batch_size * self.world_size):  # every rank draws all; keeps its share
-            key = str(rng.randint(10000, 99999))
+            if self.word_keys and rng.random() < self.word_keys:  # a longer key: more to copy per row
+                key = "".join(rng.choice(self.words) for _ in range(rng.randint(3, 12))).strip()
+            else:
+                key = str(rng.randint(10000, 99999))
             prompt = training_prompt(self.parts, length, key, rng.random())
             if r % self.world_size == self.rank:
                 rows.append(self._row(prompt, L))
@@ -114,8 +125,8 @@ class PasskeySampler:
         answer = np.asarray(answer_ids(self.parts, prompt.key), dtype=np.int64)
         ids = np.concatenate([prompt.slice(0, len(prompt)), answer])
         T = len(ids)
-        if T > L:
-            raise AssertionError(f"passkey row of {T} tokens does not fit {L}")  # ANSWER_ROOM covers it
+        if T > L:  # a long word key: cut filler, not the answer
+            raise AssertionError(f"passkey row of {T} tokens does not fit {L}")
         row_ids = np.full(L, PAD_ID, dtype=np.int64)
         row_ids[:T] = ids
         labels = np.full(L, IGNORE, dtype=np.int64)
@@ -124,8 +135,10 @@ class PasskeySampler:
         if self.copy_targets:  # also the key's second mention, which the first predicts (local copying)
             key = self.parts.key_ids(prompt.key)
             digits = answer_ids(self.parts, prompt.key)[:-1]
-            at = prompt.key_start + _find(key, digits, start=len(digits) + 1)
-            labels[at - 1 : at - 1 + len(digits)] = digits
+            at = _find(key, digits, start=len(digits) + 1)
+            if at is not None:  # (a BPE may merge the mention with its neighbours: then no target)
+                at += prompt.key_start
+                labels[at - 1 : at - 1 + len(digits)] = digits
         pad = np.ones(L, dtype=bool)
         pad[:T] = False
         start = np.zeros(L, dtype=bool)
@@ -174,8 +187,18 @@ def answer_span(labels: torch.Tensor) -> int:
     return int(labels.shape[1] - has[0, 0]) if len(has) else 1
 
 
-def _find(seq: tuple[int, ...], sub: tuple[int, ...], start: int = 0) -> int:
+def _find(seq: tuple[int, ...], sub: tuple[int, ...], start: int = 0) -> int | None:
     for i in range(start, len(seq) - len(sub) + 1):
         if seq[i : i + len(sub)] == sub:
             return i
-    raise AssertionError(f"{sub} not found in {seq}")
+    return None
+
+
+def _words(tokenizer) -> list[str]:
+    """Whole-word tokens of the vocabulary (a space then 3+ lowercase letters), for word keys."""
+    words = []
+    for i in range(tokenizer.vocab_size):
+        w = tokenizer.decode([i])
+        if len(w) >= 4 and w[0] == " " and w[1:].isalpha() and w[1:].islower() and w.isascii():
+            words.append(w)
+    return words

@@ -139,3 +139,48 @@ def plot_ppl(results: dict[str, Any], path: str | Path) -> None:
         fig.savefig(path, bbox_inches="tight")
     finally:
         plt.close(fig)
+
+
+_DEPTH_LABELS = {"start": "start\n(depth 0-10%)", "middle": "middle\n(45-55%)", "end": "end\n(last segment)"}
+
+
+def plot_passkey(results: dict[str, Any], path: str | Path, title: str | None = None) -> None:
+    """Heatmap of passkey accuracy: prompt length along x, the key's depth (position) along y.
+
+    ``results`` is ``run_passkey``'s dict (or its JSON from ``infini eval passkey --json``); each
+    cell is annotated ``correct/trials``; cells not run stay blank.
+    """
+    from .perplexity import format_tokens
+
+    try:
+        lengths, positions = list(results["lengths"]), list(results["positions"])
+        cells = {(c["length"], c["position"]): c for c in results["cells"]}
+    except (KeyError, TypeError):
+        raise ValueError(
+            "not passkey results: expected 'lengths', 'positions' and 'cells' (from 'infini eval passkey')"
+        ) from None
+    if not cells:
+        raise ValueError("the passkey results have no cells to plot")
+    acc = np.full((len(positions), len(lengths)), np.nan)
+    for (n, p), c in cells.items():
+        if n in lengths and p in positions:
+            acc[positions.index(p), lengths.index(n)] = 100.0 * c["correct"] / c["trials"]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(lengths) + 2.5), 0.8 * len(positions) + 1.8), dpi=120)
+    try:
+        im = ax.imshow(acc, aspect="auto", cmap="RdYlGn", vmin=0.0, vmax=100.0)
+        ax.set_xticks(range(len(lengths)), [format_tokens(n) for n in lengths], fontsize=8)
+        ax.set_yticks(range(len(positions)), [_DEPTH_LABELS.get(p, p) for p in positions], fontsize=8)
+        ax.set_xlabel("prompt length (tokens)")
+        for (n, p), c in cells.items():
+            if n in lengths and p in positions:
+                ax.text(
+                    lengths.index(n), positions.index(p), f"{c['correct']}/{c['trials']}",
+                    ha="center", va="center", fontsize=7,
+                )  # fmt: skip
+        fig.colorbar(im, ax=ax).set_label("accuracy (%)")
+        ax.set_title(title or "Passkey retrieval accuracy (greedy, exact match)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, bbox_inches="tight")
+    finally:
+        plt.close(fig)
