@@ -32,7 +32,12 @@ def small_model(tmp_path_factory) -> Path:
 def test_demo_prints_one_table_and_writes_its_plots(small_model, tmp_path):
     lines: list[str] = []
     summary = run_demo(
-        str(small_model), out_dir=tmp_path, short_length=600, long_length=3000, log=lines.append
+        str(small_model),
+        passkey_model=None,
+        out_dir=tmp_path,
+        short_length=600,
+        long_length=3000,
+        log=lines.append,
     )
     text = "\n".join(lines)
     for row in ("passkey accuracy", "memory on", "memory gated off", "tokens/s", "peak resident memory"):

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .data.tokenizer import Tokenizer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-SHIPPED = ("default",)
+SHIPPED = ("default", "passkey")  # the books language model; the passkey-retrieval model
 _DTYPES = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,

@@ -188,6 +188,7 @@ def test_streamed_prefill_decodes_like_the_whole_prompt(parts):
     text = ByteTokenizer().decode(ref)
     assert text.startswith(trial["output"]) and len(trial["output"]) > 0
     assert trial["prompt_tokens"] == len(p) and trial["state_bytes"] == model.init_state(1).nbytes
+    assert trial["memory_finite"] is True
 
 
 @pytest.mark.parametrize("position", ["start", "middle", "end"])

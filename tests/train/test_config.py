@@ -36,6 +36,35 @@ def write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
     return path
 
 
+def test_passkey_configs_chain_stage_0_into_stage_1():
+    """configs/passkey-copy.toml trains the model configs/passkey.toml starts from (init_from)."""
+    stage0 = load_config(ROOT / "configs" / "passkey-copy.toml")
+    stage1 = load_config(ROOT / "configs" / "passkey.toml")
+    assert stage0.data.copy_every == 1 and stage1.data.task == "passkey"
+    assert Path(stage1.train.init_from) == Path(stage0.train.out_dir).resolve() or (
+        stage1.train.init_from == stage0.train.out_dir
+    )
+    base = stage0.model_config(1024)
+    assert stage1.model_config(1024, base) == base  # [model] overrides nothing
+    assert RunConfig.from_dict(stage1.to_dict()) == stage1
+
+
+def test_init_from_overrides_and_checks(tmp_path):
+    text = BASE.replace("[model]\nd_model = 32\nn_layers = 1\nn_heads = 2\nsegment_len = 16\n", "[model]\n")
+    text = text.replace("max_steps = 4", 'max_steps = 4\ninit_from = "default"')
+    config = load_config(write(tmp_path, text.replace("[model]\n", "[model]\nsegment_len = 32\n")))
+    base = load_config(write(tmp_path, BASE, "b.toml")).model_config(300)
+    assert config.model_config(300, base).segment_len == 32 and config.model_config(300, base).d_model == 32
+    wrong = load_config(write(tmp_path, text.replace("[model]\n", "[model]\nvocab_size = 299\n"), "w.toml"))
+    with pytest.raises(ValueError, match="differs from the init_from model's"):
+        wrong.model_config(300, base)
+    odd = load_config(write(tmp_path, text.replace("[model]\n", "[model]\nsegment_len = 48\n"), "o.toml"))
+    with pytest.raises(ValueError, match=r"seq_len \(64\) must be a multiple of segment_len \(48\)"):
+        odd.model_config(300, base)
+    no_model = load_config(write(tmp_path, text.replace("[model]\n", ""), "n.toml"))
+    assert no_model.model == {} and no_model.model_config(300, base) == base
+
+
 @pytest.mark.parametrize("name", ["smoke", "tiny"])
 def test_shipped_configs_load_and_round_trip(name):
     config = load_config(ROOT / "configs" / f"{name}.toml")
@@ -119,6 +148,11 @@ def test_unknown_names_are_errors(tmp_path, old, new, message):
             r"\[train\] eval_every must be an int >= 0, got -1",
         ),
         ('corpus = "data/excerpt"', "corpus = 3", r"\[data\] corpus must be a non-empty string, got 3"),
+        ("seq_len = 64", 'seq_len = 64\ntask = "qa"', r"\[data\] task must be one of \('lm', 'passkey'\)"),
+        ("seq_len = 64", "seq_len = 64\nlm_every = 2", r"lm_every only applies to task = \"passkey\""),
+        ("seq_len = 64", "seq_len = 64\ncopy_every = -1", r"\[data\] copy_every must be an int >= 0"),
+        ("seq_len = 64", "seq_len = 64\npasskey_word_keys = 2", r"passkey_word_keys must be a number >= 0"),
+        ("max_steps = 4", "max_steps = 4\ninit_from = 3", r"\[train\] init_from must be a non-empty string"),
     ],
 )
 def test_bad_values_name_field_and_value(tmp_path, old, new, message):

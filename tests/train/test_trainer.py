@@ -159,6 +159,9 @@ def passkey_config(cache: Path, init_from: Path, **train_kw) -> RunConfig:
     data = {"task": "passkey", "seq_len": 512, "passkey_min_len": 320, "cache_dir": str(cache)}
     if "lm_every" in t:
         data.update(lm_every=t.pop("lm_every"), corpus=str(EXCERPT))
+    for key in ("copy_every", "passkey_copy_targets", "passkey_word_keys"):
+        if key in t:
+            data[key] = t.pop(key)
     return RunConfig.from_dict(
         {
             "model": {"segment_len": 64},  # overrides the starting model's 16
@@ -190,9 +193,10 @@ def test_passkey_fine_tuning_starts_from_the_model(tmp_path, cache, pretrained_r
     assert 0 <= row["passkey_acc"] <= 1 and 0 <= row["eval_passkey_acc"] <= 1 and row["eval_loss"] is None
 
 
-@pytest.mark.parametrize("lm_every", [0, 2])
-def test_passkey_resume_is_bit_exact(tmp_path, cache, pretrained_run, lm_every):
-    config = passkey_config(cache, pretrained_run, lm_every=lm_every)
+@pytest.mark.parametrize("lm_every, copy_every", [(0, 0), (2, 3)])
+def test_passkey_resume_is_bit_exact(tmp_path, cache, pretrained_run, lm_every, copy_every):
+    extra = {"copy_every": copy_every, "passkey_copy_targets": True} if copy_every else {}
+    config = passkey_config(cache, pretrained_run, lm_every=lm_every, **extra)
     whole = train(config, out_dir=tmp_path / "whole", log=quiet, progress=False)
     train(config, out_dir=tmp_path / "split", max_steps=2, log=quiet, progress=False)
     resumed = train(config, out_dir=tmp_path / "split", resume=True, log=quiet, progress=False)
@@ -200,7 +204,11 @@ def test_passkey_resume_is_bit_exact(tmp_path, cache, pretrained_run, lm_every):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     state = json.loads((resumed / "trainer_state.json").read_text())
-    assert ("lm_sampler" in state) == bool(lm_every) and state["sampler"]["step"] == 4 - (lm_every and 2)
+    # steps 1..4: step 3 copies (copy_every 3), steps 2 and 4 model language (lm_every 2)
+    assert ("lm_sampler" in state) == bool(lm_every) and ("copy_sampler" in state) == bool(copy_every)
+    assert state["sampler"]["step"] == (1 if copy_every else 4)
+    rows = read_metrics(tmp_path / "whole")
+    assert (rows[2]["copy_loss"] is not None) == bool(copy_every)
     losses = [r["loss"] for r in read_metrics(tmp_path / "whole")]
     if lm_every:  # language-modelling steps (2, 4) have the corpus's loss, passkey steps the answer's
         assert read_metrics(tmp_path / "whole")[1]["passkey_acc"] is None

@@ -14,6 +14,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "writes gate and perplexity plots.",
     )
     p.add_argument("--model", default="default", help="model name or checkpoint folder (default: default)")
+    p.add_argument(
+        "--passkey-model",
+        default="passkey",
+        help="model for the passkey prompts (default: passkey, the shipped retrieval model; "
+        "'same' uses --model)",
+    )
     p.add_argument("--out", default="infini-demo", help="folder for plots and demo.json")
     p.add_argument("--short", default="32K", help="passkey length with the key at start/middle/end (32K)")
     p.add_argument("--long", default="1M", help="passkey length with the key at the start (1M)")
@@ -29,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--trials must be >= 1, got {args.trials}")
     short, long = parse_length(args.short), parse_length(args.long)
     run_demo(
-        args.model, out_dir=args.out, short_length=short, long_length=long, trials=args.trials, seed=args.seed
+        args.model,
+        passkey_model=None if args.passkey_model == "same" else args.passkey_model,
+        out_dir=args.out,
+        short_length=short,
+        long_length=long,
+        trials=args.trials,
+        seed=args.seed,
     )
     return 0

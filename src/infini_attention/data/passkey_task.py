@@ -202,3 +202,14 @@ def _words(tokenizer) -> list[str]:
         if len(w) >= 4 and w[0] == " " and w[1:].isalpha() and w[1:].islower() and w.isascii():
             words.append(w)
     return words
+
+
+def only_answer(labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` with every target but each row's last contiguous run (the answer) set to IGNORE."""
+    out = labels.clone()
+    for r in range(out.shape[0]):
+        at = (out[r] != IGNORE).nonzero().flatten()
+        gaps = (at[1:] - at[:-1] > 1).nonzero().flatten()
+        if len(gaps):
+            out[r, : at[gaps[-1] + 1]] = IGNORE
+    return out

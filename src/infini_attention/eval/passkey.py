@@ -290,6 +290,8 @@ def run_trial(
             break
     gen.close()
     seconds = time.perf_counter() - t0
+    # the memory after the whole haystack (before decoding): finite, however long the prompt
+    finite = all(bool(torch.isfinite(t).all()) for layer in state.layers for t in (layer.M, layer.z))
     return {
         "key": prompt.key,
         "output": text,
@@ -301,6 +303,7 @@ def run_trial(
         "streamed_tokens": len(prompt) - start,
         "seconds": seconds,
         "state_bytes": state_bytes,
+        "memory_finite": finite,
     }
 
 
@@ -398,6 +401,7 @@ def run_passkey(
                 "accuracy": correct / trials,
                 "prompt_tokens": tokens,
                 "streamed_tokens": streamed,
+                "memory_finite": all(s["memory_finite"] for s in samples),
                 "seconds": seconds,
                 "tokens_per_s": tokens / seconds if seconds > 0 else None,
                 "samples": samples,

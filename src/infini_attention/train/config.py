@@ -72,6 +72,14 @@ class DataConfig:
     task: str = "lm"
     passkey_min_len: int = 0
     lm_every: int = 0  # with task "passkey": every k-th step is a language-modelling batch (0: never)
+    passkey_word_keys: float = 0.0  # share of passkey rows whose key is 3-12 random words, not 5 digits
+    passkey_copy_targets: bool = False  # also train on the key's second mention (local copying)
+    # every k-th step a batch of repeated random sequences (data/copy_task.py): grows the induction
+    # heads that retrieval needs; periods in [copy_min_period, copy_max_period] (0: N / 2)
+    copy_every: int = 0
+    copy_min_period: int = 8
+    copy_max_period: int = 0
+    copy_seq_len: int = 0  # copy rows' length (a multiple of N; 0: seq_len)
 
     def __post_init__(self) -> None:
         s = "data"
@@ -81,6 +89,12 @@ class DataConfig:
         _int(s, "lm_every", self.lm_every, minimum=0)
         if self.lm_every and self.task == "lm":
             raise ValueError('[data] lm_every only applies to task = "passkey"')
+        _float(s, "passkey_word_keys", self.passkey_word_keys, hi=1.0)
+        _bool(s, "passkey_copy_targets", self.passkey_copy_targets)
+        _int(s, "copy_every", self.copy_every, minimum=0)
+        _int(s, "copy_min_period", self.copy_min_period)
+        _int(s, "copy_max_period", self.copy_max_period, minimum=0)
+        _int(s, "copy_seq_len", self.copy_seq_len, minimum=0)
         _str(s, "corpus", self.corpus)
         _str(s, "tokenizer", self.tokenizer, optional=True)
         _int(s, "vocab_size", self.vocab_size, minimum=257)

@@ -20,6 +20,7 @@ FIELDS = [
     "eval_ppl",
     "passkey_acc",
     "eval_passkey_acc",
+    "copy_loss",
 ]
 _TB_TAGS = {
     "loss": "train/loss",
@@ -34,6 +35,7 @@ _TB_TAGS = {
     "eval_ppl": "eval/ppl",
     "passkey_acc": "train/passkey_acc",
     "eval_passkey_acc": "eval/passkey_acc",
+    "copy_loss": "train/copy_loss",
 }
 
 

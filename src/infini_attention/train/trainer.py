@@ -76,8 +76,9 @@ def train(
 
     from tqdm.auto import tqdm
 
+    from ..data.copy_task import CopySampler
     from ..data.packing import SequenceSampler
-    from ..data.passkey_task import PasskeySampler, answer_span, retrieved
+    from ..data.passkey_task import PasskeySampler, answer_span, only_answer, retrieved
     from ..data.tokenizer import Tokenizer
     from ..pretrained import load_weights, read_model_config, resolve_checkpoint
 
@@ -127,7 +128,26 @@ def train(
     samplers = {}
     if d.task == "passkey":
         samplers["sampler"] = PasskeySampler(
-            tokenizer, d.seq_len, N, tc.batch_size, tc.seed, min_len=d.passkey_min_len or None
+            tokenizer,
+            d.seq_len,
+            N,
+            tc.batch_size,
+            tc.seed,
+            min_len=d.passkey_min_len or None,
+            copy_targets=d.passkey_copy_targets,
+            word_keys=d.passkey_word_keys,
+        )
+    if d.copy_every:
+        eos = getattr(tokenizer, "eos_id", None)
+        samplers["copy_sampler"] = CopySampler(
+            model_config.vocab_size,
+            d.copy_seq_len or d.seq_len,
+            N,
+            tc.batch_size,
+            tc.seed,
+            min_period=d.copy_min_period,
+            max_period=d.copy_max_period or None,
+            exclude=(0,) if eos is None else (0, eos),  # never the pad / end-of-text ids
         )
     if data is not None and (d.task == "lm" or d.lm_every):
         samplers["sampler" if d.task == "lm" else "lm_sampler"] = SequenceSampler(
@@ -145,7 +165,7 @@ def train(
     if d.task == "lm":
         what = f"{data.train.num_tokens:,} train tokens in {samplers['sampler'].num_rows} rows of {d.seq_len}"
     else:
-        mix = f", every {d.lm_every}th step language modelling" if d.lm_every else ""
+        mix = f", language modelling every {d.lm_every} steps" if d.lm_every else ""
         what = f"passkey prompts of {samplers['sampler'].min_len}-{d.seq_len} tokens{mix}"
     log(
         f"model: {n_params / 1e6:.2f}M parameters, {model_config.n_layers} layers, d_model "
@@ -165,15 +185,17 @@ def train(
     last_saved, last_row = None, None
     window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0  # since the last logged row
     window_hits, window_rows = 0, 0  # passkey rows retrieved (teacher-forced argmax) since then
+    window_copy: list[float] = []  # losses of the copy-task steps since then
     model.train()
     try:
         while step < stop:
             t0 = time.perf_counter()
             lrs = schedule.apply(step)
-            lm_step = d.task == "lm" or (d.lm_every and (step + 1) % d.lm_every == 0)
-            batch = samplers["sampler" if d.task == "lm" or not lm_step else "lm_sampler"].next_batch()
-            batch = batch.to(device)
-            keep = 0 if lm_step else answer_span(batch.labels)  # passkey: logits for the answer only
+            source = _source(d, step)
+            batch = samplers[source].next_batch().to(device)
+            passkey_step = d.task == "passkey" and source == "sampler"
+            # passkey rows: logits for the answer only (unless the key's mention is a target too)
+            keep = answer_span(batch.labels) if passkey_step and not d.passkey_copy_targets else 0
             with autocast(config, device):
                 out = model(
                     batch.input_ids,
@@ -185,11 +207,14 @@ def train(
                     checkpoint_segments=tc.checkpoint_segments,
                     logits_to_keep=keep,
                 )
-            if not lm_step:
-                window_hits += int(retrieved(out.logits.detach(), batch.labels).sum())
+            if passkey_step:
+                answer = only_answer(batch.labels) if d.passkey_copy_targets else batch.labels
+                window_hits += int(retrieved(out.logits.detach(), answer).sum())
                 window_rows += batch.input_ids.shape[0]
             loss = out.loss
             loss_value = loss.item()
+            if source == "copy_sampler":
+                window_copy.append(loss_value)
             if not math.isfinite(loss_value):
                 raise RuntimeError(
                     f"training diverged: loss is {loss_value} at step {step + 1}; lower [optim] lr or gate_lr"
@@ -226,6 +251,8 @@ def train(
                 }
                 if window_rows:
                     row["passkey_acc"] = window_hits / window_rows
+                if window_copy:
+                    row["copy_loss"] = sum(window_copy) / len(window_copy)
                 if do_eval and lm_eval:
                     result = evaluate(model, data.eval, tc.eval_tokens, chunk_len=d.seq_len)
                     if result is not None:
@@ -243,6 +270,7 @@ def train(
                 metrics.write(row)
                 if bar.disable and not do_eval:
                     acc = f", passkey {100 * row['passkey_acc']:.0f}%" if "passkey_acc" in row else ""
+                    acc += f", copy loss {row['copy_loss']:.3f}" if "copy_loss" in row else ""
                     say(
                         f"step {step}/{stop}: loss {row['loss']:.4f}{acc}, lr {row['lr']:.2e}, "
                         f"{tps:,.0f} tok/s, "
@@ -250,6 +278,7 @@ def train(
                     )
                 window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
                 window_hits, window_rows = 0, 0
+                window_copy = []
                 last_row = row
             if final or (tc.save_every and step % tc.save_every == 0):
                 last_saved = ckpt.save_checkpoint(
@@ -272,6 +301,16 @@ def train(
         metrics.close()
     log(f"trained {step} steps ({tokens_seen:,} tokens); checkpoint: {last_saved}")
     return last_saved
+
+
+def _source(d, step: int) -> str:
+    """Which sampler serves optimiser step ``step`` (0-based): every ``copy_every``-th step the copy
+    task, else every ``lm_every``-th step language modelling, else the main task."""
+    if d.copy_every and (step + 1) % d.copy_every == 0:
+        return "copy_sampler"
+    if d.lm_every and (step + 1) % d.lm_every == 0:
+        return "lm_sampler"
+    return "sampler"
 
 
 def _tokenizer_json(tokenizer) -> str:

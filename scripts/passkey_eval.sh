@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every passkey number in docs/passkey.md: run from the repository root after training
+# (configs/passkey-copy.toml -> configs/passkey.toml -> configs/passkey-long.toml).
+#   MODEL=runs/passkey-long OUT=docs/results/passkey bash scripts/passkey_eval.sh
+set -euo pipefail
+MODEL=${MODEL:-runs/passkey-long}
+OUT=${OUT:-docs/results/passkey}
+TRIALS=${TRIALS:-20}
+mkdir -p "$OUT"
+ev() { infini eval passkey --model "$1" "${@:2}"; }
+# the main table: 32K..1M, key at start / middle / end
+ev "$MODEL" --lengths 32K,128K,256K,512K,1M --trials "$TRIALS" --json "$OUT/table.json" --plot "$OUT/table.png"
+# short prompts, the lengths fine-tuning saw, and the ablations
+ev "$MODEL" --lengths 1K,8K --trials "$TRIALS" --json "$OUT/short.json"
+ev "$MODEL" --lengths 1K,8K,32K --trials "$TRIALS" --memory-off --json "$OUT/memory_off.json"
+ev runs/passkey-copy --lengths 1K,32K --trials "$TRIALS" --json "$OUT/zero_shot.json"
+ev "$MODEL" --lengths 32K --trials "$TRIALS" --bf16 --json "$OUT/bf16.json"
+# beyond 1M: key at the start (the farthest), fewer trials
+ev "$MODEL" --lengths 2M,4M --positions start --trials 5 --json "$OUT/long.json"
+ev "$MODEL" --lengths 10M --positions start --trials 1 --json "$OUT/10m.json"
+# peak resident memory, one process per length
+for n in 32K 1M; do
+  /usr/bin/time -v infini eval passkey --model "$MODEL" --lengths $n --positions start --trials 1 \
+    2>&1 | grep -E "Maximum resident|Elapsed" | sed "s/^/$n: /"
+done | tee "$OUT/rss.txt"
