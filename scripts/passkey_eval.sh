@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Every passkey number in docs/passkey.md: run from the repository root after training
-# (configs/passkey-copy.toml -> configs/passkey.toml -> configs/passkey-long.toml).
-#   MODEL=runs/passkey-long OUT=docs/results/passkey bash scripts/passkey_eval.sh
+# (configs/passkey-copy.toml -> passkey.toml -> passkey-long.toml -> passkey-8k.toml).
+#   MODEL=runs/passkey-8k OUT=docs/results/passkey bash scripts/passkey_eval.sh
 set -euo pipefail
-MODEL=${MODEL:-runs/passkey-long}
+MODEL=${MODEL:-runs/passkey-8k}
 OUT=${OUT:-docs/results/passkey}
 TRIALS=${TRIALS:-20}
 mkdir -p "$OUT"
 ev() { infini eval passkey --model "$1" "${@:2}"; }
 # the main table: 32K..1M, key at start / middle / end
-ev "$MODEL" --lengths 32K,128K,256K,512K,1M --trials "$TRIALS" --json "$OUT/table.json" --plot "$OUT/table.png"
+ev "$MODEL" --lengths 32K,128K,256K,512K,1M --trials "$TRIALS" --json "$OUT/table.json" --plot docs/img/passkey_heatmap.png
 # short prompts, the lengths fine-tuning saw, and the ablations
 ev "$MODEL" --lengths 1K,8K --trials "$TRIALS" --json "$OUT/short.json"
 ev "$MODEL" --lengths 1K,8K,32K --trials "$TRIALS" --memory-off --json "$OUT/memory_off.json"
