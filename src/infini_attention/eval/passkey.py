@@ -204,24 +204,30 @@ def prefill(model, prompt: PasskeyPrompt, *, prefill_segments: int = 8, state=No
     (1 to ``prefill_segments * segment_len`` tokens, for ``stream_generate``) and the largest
     ``state.nbytes`` seen between chunks (constant: at most one open segment is buffered).
     """
-    N = model.config.segment_len
-    chunk = prefill_segments * N
-    device = next(model.parameters()).device
+    chunk = prefill_segments * model.config.segment_len
     if state is None:
         if start:
             raise ValueError("prefill from start > 0 needs the state after those tokens")
         state = model.init_state(1)
-    state_bytes = state.nbytes
     T = len(prompt)
     last = max(start, ((T - 1) // chunk) * chunk)  # start of the final chunk
-    a = start
-    while a < last:
-        b = min(last, (a // chunk + 1) * chunk)  # back on chunk (segment) boundaries after a snapshot
-        ids = torch.from_numpy(prompt.slice(a, b)).to(device)[None]
+    state, state_bytes = _stream(model, prompt, state, start, last, chunk)
+    return state, torch.from_numpy(prompt.slice(last, T)), state_bytes
+
+
+def _stream(model, prompt: PasskeyPrompt, state, start: int, stop: int, chunk: int):
+    """Feed the prompt's tokens ``[start, stop)`` in pieces that end on multiples of ``chunk`` (whole
+    segments, also after a start mid-segment). Returns the new state and the largest ``nbytes`` seen;
+    every call returns a new state, so states kept by the caller stay valid."""
+    device = next(model.parameters()).device
+    state_bytes = state.nbytes
+    while start < stop:
+        end = min(stop, (start // chunk + 1) * chunk)
+        ids = torch.from_numpy(prompt.slice(start, end)).to(device)[None]
         state = model(ids, state, logits_to_keep=1).state
         state_bytes = max(state_bytes, state.nbytes)
-        a = b
-    return state, torch.from_numpy(prompt.slice(last, T)), state_bytes
+        start = end
+    return state, state_bytes
 
 
 @torch.no_grad()
@@ -236,18 +242,13 @@ def shared_prefix_states(model, prompts: Sequence[PasskeyPrompt], *, prefill_seg
     if any(p.runs[0] != head[0] or p.runs[1][0] != head[1][0] for p in prompts):
         raise ValueError("shared_prefix_states needs prompts built from the same parts")
     chunk = prefill_segments * model.config.segment_len
-    device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: prompts[i].key_start)
     longest = prompts[order[-1]]
     states: list = [None] * len(prompts)
     state, pos = model.init_state(1), 0
     for i in order:
-        stop = prompts[i].key_start
-        while pos < stop:
-            b = min(stop, (pos // chunk + 1) * chunk)
-            ids = torch.from_numpy(longest.slice(pos, b)).to(device)[None]
-            state = model(ids, state, logits_to_keep=1).state  # a new state: snapshots stay valid
-            pos = b
+        state, _ = _stream(model, longest, state, pos, prompts[i].key_start, chunk)
+        pos = max(pos, prompts[i].key_start)
         states[i] = state
     return states
 
