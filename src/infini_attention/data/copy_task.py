@@ -19,9 +19,8 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import torch
 
-from .packing import IGNORE, Batch, _check_lengths
+from .packing import IGNORE, Batch, check_sampler_args, check_sampler_state, stack_rows
 
 
 class CopySampler:
@@ -41,9 +40,7 @@ class CopySampler:
         rank: int = 0,
         world_size: int = 1,
     ):
-        _check_lengths(seq_len, segment_len)
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        check_sampler_args(seq_len, segment_len, batch_size, rank, world_size)
         max_period = segment_len // 2 if max_period is None else max_period
         if not 1 <= min_period <= max_period < seq_len:
             raise ValueError(
@@ -62,6 +59,8 @@ class CopySampler:
         rng = random.Random(f"copy-{self.seed}-{self.step}")
         gen = np.random.default_rng(rng.getrandbits(63))
         L = self.seq_len
+        no_pad, start = np.zeros(L, dtype=bool), np.zeros(L, dtype=bool)
+        start[0] = True  # one document per row: a fresh memory
         rows = []
         for r in range(self.batch_size * self.world_size):
             period = rng.randint(self.min_period, self.max_period)
@@ -70,22 +69,13 @@ class CopySampler:
             labels = np.full(L, IGNORE, dtype=np.int64)
             labels[period - 1 : L - 1] = row[period:]
             if r % self.world_size == self.rank:
-                rows.append((row, labels))
+                rows.append((row, labels, no_pad, start))
         self.step += 1
-        ids = torch.from_numpy(np.stack([r for r, _ in rows]))
-        labels = torch.from_numpy(np.stack([lab for _, lab in rows]))
-        pad = torch.zeros_like(ids, dtype=torch.bool)
-        start = torch.zeros_like(pad)
-        start[:, 0] = True
-        return Batch(ids, labels, pad, start)
+        return stack_rows(rows)
 
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed, "seq_len": self.seq_len, "rank": self.rank}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "seq_len", "rank"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(
-                    f"copy sampler state is for {key}={state[key]}, this one has {getattr(self, key)}"
-                )
+        check_sampler_state(self, state, ("seed", "seq_len", "rank"))
         self.step = int(state["step"])

@@ -70,6 +70,28 @@ def pack_rows(lengths: list[int] | np.ndarray, seq_len: int, segment_len: int) -
     return rows
 
 
+def check_sampler_args(seq_len: int, segment_len: int, batch_size: int, rank: int, world_size: int) -> None:
+    """The settings every sampler (packed, passkey, copy) shares: a ValueError that names the bad one."""
+    _check_lengths(seq_len, segment_len)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if world_size <= 0 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+
+def check_sampler_state(sampler, state: dict, keys: tuple[str, ...]) -> None:
+    """A saved sampler state must come from a sampler with the same ``keys`` settings."""
+    for key in keys:
+        if key in state and state[key] != getattr(sampler, key):
+            have = getattr(sampler, key)
+            raise ValueError(f"sampler state is for {key}={state[key]}, this sampler has {have}")
+
+
+def stack_rows(rows: list[tuple[np.ndarray, ...]]) -> Batch:
+    """Rows of (input_ids, labels, pad_mask, doc_start), each [L], as one ``Batch`` [B, L]."""
+    return Batch(*(torch.from_numpy(np.stack(col)) for col in zip(*rows, strict=True)))
+
+
 def _check_lengths(seq_len: int, segment_len: int) -> None:
     if segment_len <= 0 or seq_len <= 0 or seq_len % segment_len:
         raise ValueError(
@@ -92,11 +114,7 @@ class SequenceSampler:
         rank: int = 0,
         world_size: int = 1,
     ):
-        _check_lengths(seq_len, segment_len)
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if world_size <= 0 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        check_sampler_args(seq_len, segment_len, batch_size, rank, world_size)
         self.shards = shards
         self.seq_len, self.segment_len, self.batch_size = seq_len, segment_len, batch_size
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
@@ -146,8 +164,7 @@ class SequenceSampler:
             self.position += 1
             if self.position == len(self._order):  # epoch done: roll over
                 self.epoch, self.position, self._order = self.epoch + 1, 0, None
-        cols = [torch.from_numpy(np.stack(col)) for col in zip(*rows, strict=True)]
-        return Batch(*cols)
+        return stack_rows(rows)
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -167,11 +184,7 @@ class SequenceSampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seq_len", "segment_len", "num_rows", "seed", "rank", "world_size"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(
-                    f"sampler state is for {key}={state[key]}, this sampler has {getattr(self, key)}"
-                )
+        check_sampler_state(self, state, ("seq_len", "segment_len", "num_rows", "seed", "rank", "world_size"))
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position < len(self.epoch_order(epoch)):
             raise ValueError(f"invalid sampler state: epoch={epoch}, position={position}")

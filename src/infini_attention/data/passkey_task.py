@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..eval.passkey import PasskeyParts, PasskeyPrompt
-from .packing import IGNORE, PAD_ID, Batch, _check_lengths
+from .packing import IGNORE, PAD_ID, Batch, check_sampler_args, check_sampler_state, stack_rows
 
 ANSWER = " {key}."
 
@@ -74,11 +74,7 @@ class PasskeySampler:
         rank: int = 0,
         world_size: int = 1,
     ):
-        _check_lengths(seq_len, segment_len)
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if world_size <= 0 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        check_sampler_args(seq_len, segment_len, batch_size, rank, world_size)
         self.parts = PasskeyParts.from_tokenizer(tokenizer)
         self.seq_len, self.segment_len, self.batch_size = seq_len, segment_len, batch_size
         self.min_len = segment_len if min_len is None else int(min_len)
@@ -118,8 +114,7 @@ class PasskeySampler:
             if r % self.world_size == self.rank:
                 rows.append(self._row(prompt, L))
         self.step += 1
-        cols = [torch.from_numpy(np.stack(col)) for col in zip(*rows, strict=True)]
-        return Batch(*cols)
+        return stack_rows(rows)
 
     def _row(self, prompt: PasskeyPrompt, L: int) -> tuple[np.ndarray, ...]:
         answer = np.asarray(answer_ids(self.parts, prompt.key), dtype=np.int64)
@@ -162,11 +157,8 @@ class PasskeySampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "seq_len", "segment_len", "min_len", "batch_size", "rank", "world_size"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(
-                    f"sampler state is for {key}={state[key]}, this sampler has {getattr(self, key)}"
-                )
+        keys = ("seed", "seq_len", "segment_len", "min_len", "batch_size", "rank", "world_size")
+        check_sampler_state(self, state, keys)
         step = int(state["step"])
         if step < 0:
             raise ValueError(f"invalid passkey sampler state: step={step}")
