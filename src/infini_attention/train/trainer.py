@@ -186,6 +186,8 @@ def train(
     window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0  # since the last logged row
     window_hits, window_rows = 0, 0  # passkey rows retrieved (teacher-forced argmax) since then
     window_copy: list[float] = []  # losses of the copy-task steps since then
+    lm_eval = tc.eval_tokens > 0 and data is not None
+    can_eval = lm_eval or d.task == "passkey"  # passkey fine-tuning always checks retrieval
     model.train()
     try:
         while step < stop:
@@ -236,8 +238,6 @@ def train(
             bar.set_postfix_str(f"loss {loss_value:.3f} | {tps:,.0f} tok/s | gates {spread}")
 
             final = step == stop
-            lm_eval = tc.eval_tokens > 0 and data is not None
-            can_eval = lm_eval or d.task == "passkey"  # passkey fine-tuning always checks retrieval
             do_eval = can_eval and ((tc.eval_every and step % tc.eval_every == 0) or final)
             if step % tc.log_every == 0 or do_eval or final:
                 row = {
