@@ -17,14 +17,14 @@ def test_scores_depend_only_on_relative_position():
     def score(m: int, n: int) -> float:
         return (rope(q, torch.tensor([m])) * rope(k, torch.tensor([n]))).sum().item()
 
-    assert abs(score(5, 2) - score(40, 37)) < 1e-12
+    assert abs(score(5, 2) - score(40, 37)) < 1e-6  # float32 tables
     assert abs(score(5, 2) - score(5, 3)) > 1e-6
     assert torch.equal(rope(q, torch.tensor([0])), q)
 
 
-def test_bf16_cast_keeps_float64_tables():
+def test_bf16_cast_keeps_float32_tables():
     model = InfiniTransformer(ModelConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=2, segment_len=32))
     before = model.blocks[0].attn.rope._on(torch.device("cpu"))[0].clone()
     model.to(torch.bfloat16)
     after = model.blocks[0].attn.rope._on(torch.device("cpu"))[0]
-    assert after.dtype == torch.float64 and torch.equal(before, after)
+    assert after.dtype == torch.float32 and torch.equal(before, after)

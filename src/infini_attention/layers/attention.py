@@ -32,6 +32,7 @@ class InfiniAttention(nn.Module):
         *,
         update: str = "delta",
         rope_theta: float = 10000.0,
+        rope_scaling: dict | None = None,
         gate_init: float = 0.0,
         bias: bool = False,
         mem_eps: float = 1e-6,
@@ -44,7 +45,7 @@ class InfiniAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=False)
         self.gate = nn.Parameter(torch.full((n_heads,), float(gate_init)))
-        self.rope = RotaryEmbedding(head_dim, segment_len, rope_theta)
+        self.rope = RotaryEmbedding(head_dim, segment_len, rope_theta, rope_scaling)
         self.op = infini_attention  # tests swap in infini_attention_naive
 
     def init_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> InfiniState:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..layers.rope import check_rope_scaling
 from ..ops.checks import UPDATE_RULES
 
 
@@ -27,6 +28,7 @@ class ModelConfig:
     segment_len: int = 2048  # N: tokens per segment (the paper uses 2048 throughout)
     update: str = "delta"  # memory write: "linear" (eq. 8) or "delta" (eq. 9)
     rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # converted checkpoints' RoPE rescaling (layers/rope.py)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     gate_init: float = 0.0  # initial gate logit; sigmoid(0) = 0.5 mixes memory and local equally
@@ -64,6 +66,7 @@ class ModelConfig:
             raise ValueError(f"mem_eps must be a number >= 0, got {self.mem_eps!r}")
         if isinstance(self.gate_init, bool) or not isinstance(self.gate_init, int | float):
             raise ValueError(f"gate_init must be a number, got {self.gate_init!r}")
+        check_rope_scaling(self.rope_scaling)
         for name in ("tie_embeddings", "attention_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

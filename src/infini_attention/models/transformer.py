@@ -75,6 +75,7 @@ class Block(nn.Module):
             c.segment_len,
             update=c.update,
             rope_theta=c.rope_theta,
+            rope_scaling=c.rope_scaling,
             gate_init=c.gate_init,
             bias=c.attention_bias,
             mem_eps=c.mem_eps,
