@@ -13,6 +13,7 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category
 from . import ops  # noqa: E402 (after the filter)
 from .generation import stream_generate  # noqa: E402
 from .models import InfiniTransformer, ModelConfig, ModelOutput, ModelState  # noqa: E402
+from .models.convert import from_hf  # noqa: E402 (transformers is imported only when called)
 from .ops import InfiniState, infini_attention, infini_attention_naive  # noqa: E402
 from .pretrained import load_pretrained, save_pretrained  # noqa: E402
 
@@ -24,6 +25,7 @@ __all__ = [
     "ModelConfig",
     "ModelOutput",
     "ModelState",
+    "from_hf",
     "infini_attention",
     "infini_attention_naive",
     "load_pretrained",

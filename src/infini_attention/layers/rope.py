@@ -55,7 +55,9 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None = None
     these rounded angles, and float64 tables would shift a converted model's logits by ~1e-4.
     """
     check_rope_scaling(scaling)
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    # device="cpu" explicitly: a model built under a meta-device context (as transformers'
+    # from_pretrained does) must still get real tables, which are not weights and never loaded
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
     inv_freq = 1.0 / (theta**exponents)
     kind = (scaling or {}).get("rope_type", "default")
     if kind == "linear":  # positions divided by the factor
@@ -80,7 +82,7 @@ class RotaryEmbedding(nn.Module):
         if head_dim % 2 != 0:
             raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
         inv_freq = inverse_frequencies(head_dim, theta, scaling)
-        angles = torch.arange(max_positions).float()[:, None] * inv_freq[None, :]  # float32, as in HF
+        angles = torch.arange(max_positions, device="cpu").float()[:, None] * inv_freq[None, :]  # float32, as in HF
         angles = torch.cat([angles, angles], dim=-1)  # [P, D]
         # Plain float32 tensors, not buffers: ``model.to(torch.bfloat16)`` must not round the
         # tables. They are derived from the config, so they never enter a checkpoint.

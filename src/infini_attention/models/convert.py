@@ -155,13 +155,17 @@ def load_hf_model(path_or_name: str | Path, *, dtype: torch.dtype = torch.float3
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         return model
+    return AutoModelForCausalLM.from_pretrained(_check_folder(path_or_name), dtype=dtype)
+
+
+def _check_folder(path_or_name: str | Path) -> Path:
     path = Path(path_or_name).expanduser()
     if not (path / "config.json").is_file():
         raise ValueError(
             f"not a Hugging Face model folder: {path} (no config.json); models cannot be downloaded "
             f"here, pass a local folder or '{SMOLLM2}'"
         )
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return path
 
 
 def load_hf_tokenizer_json(path_or_name: str | Path, hf_model: Any | None = None) -> str:
@@ -245,3 +249,46 @@ def _rename(hf_name: str) -> str | None:
         if re.fullmatch(pattern, hf_name):
             return re.sub(pattern, replacement, hf_name)
     return None
+
+
+def convert_checkpoint(
+    path_or_name: str | Path,
+    out: str | Path,
+    *,
+    segment_len: int = 2048,
+    update: str = "delta",
+    gate_init: float = DEFAULT_GATE_INIT,
+    dtype: torch.dtype | None = None,
+    check_tokens: int = 64,
+) -> tuple[Path, float]:
+    """Convert a Hugging Face model folder (or ``"smollm2"``) into a checkpoint folder ``out``
+    (``config.json``, ``model.safetensors``, ``tokenizer.json``) that ``load_pretrained`` reads.
+
+    Before writing, the converted model is checked against the original on ``check_tokens`` tokens
+    with the memory gated off; returns ``(out, max |logit difference|)``. ``dtype`` casts the stored
+    weights (None: float32).
+    """
+    from ..data.tokenizer import Tokenizer
+    from ..pretrained import save_pretrained
+    from .transformer import memory_disabled
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} already exists and is not an empty folder; choose another --out")
+    if str(path_or_name) != SMOLLM2:  # fail on the config before reading gigabytes of weights
+        from transformers import AutoConfig
+
+        _check_folder(path_or_name)
+        config_from_hf(AutoConfig.from_pretrained(path_or_name), segment_len=segment_len, update=update)
+    hf_model = load_hf_model(path_or_name)
+    model = from_hf(hf_model, segment_len=segment_len, update=update, gate_init=gate_init)
+    tokenizer = Tokenizer.from_str(load_hf_tokenizer_json(path_or_name))
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} entries but the model only {model.config.vocab_size}"
+        )
+    ids = torch.arange(min(check_tokens, segment_len))[None] * 7919 % model.config.vocab_size
+    with torch.no_grad(), memory_disabled(model):
+        diff = (model(ids).logits - hf_model(ids).logits.to(torch.float32)).abs().max().item()
+    save_pretrained(model, tokenizer, out, dtype=dtype)
+    return out, diff
