@@ -32,6 +32,12 @@ def test_seeded_resumable_and_sharded():
     whole = CopySampler(50, 64, 16, 2, seed=4).next_batch().input_ids
     r1 = CopySampler(50, 64, 16, 1, seed=4, rank=1, world_size=2).next_batch().input_ids
     assert torch.equal(r1[0], whole[1])
+    # a batch depends on the step alone: rank 1 of 2 goes on from one process's state
+    half = CopySampler(50, 64, 16, 1, seed=1, rank=1, world_size=2)
+    half.load_state_dict(a.state_dict())
+    c = CopySampler(50, 64, 16, 2, seed=1)
+    c.load_state_dict(a.state_dict())
+    assert torch.equal(half.next_batch().input_ids[0], c.next_batch().input_ids[1])
     with pytest.raises(ValueError, match="seed=1"):
         CopySampler(50, 64, 16, 2, seed=2).load_state_dict(a.state_dict())
 

@@ -173,6 +173,51 @@ def test_ranks_share_each_epoch_without_overlap(tmp_path):
     assert sorted(seen) == list(range(1, sum([5, 17, 9, 30, 2, 11, 8, 25, 4]) + 1))
 
 
+def interleave(parts: list[Batch]) -> torch.Tensor:
+    """Ranks' input_ids [b, L] each -> the global batch's rows in order (row i from rank i % W)."""
+    W = len(parts)
+    return torch.stack([parts[i % W].input_ids[i // W] for i in range(W * parts[0].input_ids.shape[0])])
+
+
+def test_ranks_together_serve_the_one_process_stream(tmp_path):
+    """W ranks of b rows see exactly one process's batches of W * b rows, across epochs, also when
+    the rows per epoch are not a multiple of W (each epoch then shifts which rank starts it)."""
+    shards = make_shards(tmp_path, [5, 17, 9, 30, 2, 11, 8, 25, 7])  # 17 rows
+    one = SequenceSampler(shards, 8, 4, batch_size=4, seed=5)
+    two = [SequenceSampler(shards, 8, 4, batch_size=2, seed=5, rank=r, world_size=2) for r in range(2)]
+    n = one.num_rows
+    assert n % 2 == 1
+    for _ in range(3 * n // 4 + 1):  # three epochs and a bit
+        assert torch.equal(interleave([s.next_batch() for s in two]), one.next_batch().input_ids)
+    assert two[0].state_dict()["position"] == two[1].state_dict()["position"] == one.position
+    whole = one.global_order(1)  # epoch 0 holds n (odd) rows: rank 1 serves epoch 1's first row
+    assert two[1].epoch_order(1) == whole[0::2] and two[0].epoch_order(1) == whole[1::2]
+
+
+@pytest.mark.parametrize(("saved_by", "resumed_by"), [(2, 1), (1, 2), (2, 3)])
+def test_resume_on_another_world_size(tmp_path, saved_by, resumed_by):
+    """The state is the global stream's position: any world size with the same global batch
+    (6 rows) goes on exactly where the saving run stopped."""
+    shards = make_shards(tmp_path, [5, 17, 9, 30, 2, 11, 8, 25, 7])  # 17 rows: 6 rows a step wrap mid-batch
+
+    def world(W: int) -> list[SequenceSampler]:
+        b = 6 // W  # rows per rank
+        return [SequenceSampler(shards, 8, 4, batch_size=b, seed=2, rank=r, world_size=W) for r in range(W)]
+
+    straight = world(1)[0]
+    expected = [straight.next_batch().input_ids for _ in range(7)]
+    saving = world(saved_by)
+    for _ in range(4):
+        for s in saving:
+            s.next_batch()
+    state = json.loads(json.dumps(saving[0].state_dict()))  # rank 0's, as a checkpoint holds it
+    resumed = world(resumed_by)
+    for s in resumed:
+        s.load_state_dict(state)
+    for want in expected[4:]:
+        assert torch.equal(interleave([s.next_batch() for s in resumed]), want)
+
+
 def test_pack_rows_matches_sampler(tmp_path):
     rows = pack_rows(np.array([3, 6, 2]), 8, 4)
     assert [r.tolist() for r in rows] == [[[0, 0, 0, 3], [1, 0, 4, 4]], [[1, 4, 0, 2], [2, 0, 4, 2]]]

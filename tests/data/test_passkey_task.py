@@ -81,6 +81,12 @@ def test_resume_and_rank_sharding(tok):
     r0 = PasskeySampler(tok, 512, 64, 2, seed=2, min_len=300, rank=0, world_size=2).next_batch().input_ids
     r1 = PasskeySampler(tok, 512, 64, 2, seed=2, min_len=300, rank=1, world_size=2).next_batch().input_ids
     assert torch.equal(torch.stack([r0[0], r1[0], r0[1], r1[1]]), whole)
+    # the state resumes on another world size with the same global batch (4 rows), not another
+    one = PasskeySampler(tok, 512, 64, 4, seed=2, min_len=300)
+    one.load_state_dict(a.state_dict() | {"seed": 2, "batch_size": 2, "world_size": 2, "rank": 1})
+    assert one.step == 3
+    with pytest.raises(ValueError, match="global batch of 2 rows, this sampler has 4"):
+        one.load_state_dict(a.state_dict() | {"seed": 2})
     with pytest.raises(ValueError, match="seed=1"):
         PasskeySampler(tok, 512, 64, 2, seed=9, min_len=300).load_state_dict(a.state_dict())
 

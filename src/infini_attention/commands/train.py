@@ -1,8 +1,17 @@
-"""``infini train``: train a model from a TOML config; ``--resume`` continues a run bit-exactly."""
+"""``infini train``: train a model from a TOML config; ``--resume`` continues a run bit-exactly.
+
+Under ``torchrun`` every process runs this command; ``--dist ddp|fsdp`` (or ``[train] dist``) picks
+the data parallelism (``train/distributed.py``)::
+
+    torchrun --standalone --nproc_per_node 2 -m infini_attention train --config configs/smoke.toml
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+
+DIST = ("none", "ddp", "fsdp")  # train.config.DIST, not imported: `infini --help` must not load torch
 
 
 def _positive_int(text: str) -> int:
@@ -37,12 +46,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the run in the output folder from its latest checkpoint",
     )
+    p.add_argument(
+        "--dist",
+        choices=DIST,
+        help="data parallelism across the processes torchrun starts: ddp, fsdp (FSDP2, sharded), "
+        "or none (default: [train] dist; under torchrun with several processes none means ddp)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train import load_config, train
 
     config = load_config(args.config)
+    if args.dist is not None:
+        config.train.dist = args.dist
     path = train(config, out_dir=args.out, max_steps=args.max_steps, resume=args.resume)
-    print(f"final checkpoint: {path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for the run
+        print(f"final checkpoint: {path}")
     return 0

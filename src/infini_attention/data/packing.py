@@ -11,8 +11,12 @@ Packing rule (rows of L = seq_len tokens, segments of N = segment_len tokens):
 - ``labels[t]`` is the next token of the same document (also across a row break), -100 after the
   document's last token.
 
-The rows are built once; each epoch shuffles them with a generator seeded by (seed, epoch), and rank r
-of world_size takes rows r::world_size. ``state_dict``/``load_state_dict`` resume exactly.
+The rows are built once; each epoch shuffles them with a generator seeded by (seed, epoch). The epochs
+follow one another as one global stream of rows; each step takes the next ``batch_size * world_size``
+rows of it, and rank r keeps rows r::world_size of that global batch. The ranks together therefore
+see exactly the batches one process with ``batch_size * world_size`` rows sees, whatever the number
+of rows per epoch. ``state_dict``/``load_state_dict`` resume exactly; the state is the position in
+the global stream, so it also resumes on another world size with the same global batch.
 """
 
 from __future__ import annotations
@@ -125,7 +129,9 @@ class SequenceSampler:
             raise ValueError(
                 f"{len(self.rows)} packed rows of {seq_len} tokens cannot be shared by {world_size} ranks"
             )
-        self.epoch, self.position = 0, 0  # position: rows of this rank's epoch order already served
+        # position: rows of the epoch's global order already served, all ranks together (every rank
+        # holds the same value: they advance in lockstep)
+        self.epoch, self.position = 0, 0
         self._order: list[int] | None = None
 
     @property
@@ -133,11 +139,17 @@ class SequenceSampler:
         """Rows in one epoch, all ranks together."""
         return len(self.rows)
 
-    def epoch_order(self, epoch: int) -> list[int]:
-        """This rank's row indices for ``epoch``, in the order they are served."""
+    def global_order(self, epoch: int) -> list[int]:
+        """Every row index for ``epoch``, in the order the ranks together serve them."""
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
-        perm = torch.randperm(len(self.rows), generator=g).tolist()
-        return perm[self.rank :: self.world_size]
+        return torch.randperm(len(self.rows), generator=g).tolist()
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """This rank's row indices for ``epoch``, in the order they are served. Rank r serves the
+        stream's rows r::world_size; when the rows per epoch are not a multiple of world_size, that
+        phase shifts from one epoch to the next."""
+        first = (self.rank - epoch * len(self.rows)) % self.world_size
+        return self.global_order(epoch)[first :: self.world_size]
 
     def row(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Materialise row ``r``: input_ids, labels, pad_mask, doc_start, each shape [seq_len]."""
@@ -157,10 +169,11 @@ class SequenceSampler:
 
     def next_batch(self) -> Batch:
         rows = []
-        for _ in range(self.batch_size):
+        for i in range(self.batch_size * self.world_size):  # the global batch; this rank keeps its share
             if self._order is None:
-                self._order = self.epoch_order(self.epoch)
-            rows.append(self.row(self._order[self.position]))
+                self._order = self.global_order(self.epoch)
+            if i % self.world_size == self.rank:
+                rows.append(self.row(self._order[self.position]))
             self.position += 1
             if self.position == len(self._order):  # epoch done: roll over
                 self.epoch, self.position, self._order = self.epoch + 1, 0, None
@@ -171,7 +184,8 @@ class SequenceSampler:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        """JSON-serialisable position in the stream (plus the settings it is only valid for)."""
+        """JSON-serialisable position in the global stream (plus the settings it is only valid for;
+        ``rank`` and ``world_size`` are informative: any rank of any world size may load it)."""
         return {
             "epoch": self.epoch,
             "position": self.position,
@@ -184,8 +198,8 @@ class SequenceSampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        check_sampler_state(self, state, ("seq_len", "segment_len", "num_rows", "seed", "rank", "world_size"))
+        check_sampler_state(self, state, ("seq_len", "segment_len", "num_rows", "seed"))
         epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position < len(self.epoch_order(epoch)):
+        if epoch < 0 or not 0 <= position < self.num_rows:
             raise ValueError(f"invalid sampler state: epoch={epoch}, position={position}")
         self.epoch, self.position, self._order = epoch, position, None

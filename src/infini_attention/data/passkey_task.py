@@ -157,8 +157,15 @@ class PasskeySampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        keys = ("seed", "seq_len", "segment_len", "min_len", "batch_size", "rank", "world_size")
-        check_sampler_state(self, state, keys)
+        """Any rank of any world size may load the state: a batch depends only on the step and the
+        global batch (``batch_size * world_size``), which must match."""
+        check_sampler_state(self, state, ("seed", "seq_len", "segment_len", "min_len"))
+        saved = int(state["batch_size"]) * int(state.get("world_size", 1))
+        if saved != self.batch_size * self.world_size:
+            raise ValueError(
+                f"sampler state is for a global batch of {saved} rows, this sampler has "
+                f"{self.batch_size * self.world_size} ({self.batch_size} x {self.world_size} ranks)"
+            )
         step = int(state["step"])
         if step < 0:
             raise ValueError(f"invalid passkey sampler state: step={step}")

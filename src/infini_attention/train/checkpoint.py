@@ -13,6 +13,9 @@ The folder is written as ``step-000123.tmp-<random>`` and renamed into place; an
 the same name is renamed aside first and deleted after. ``<out_dir>/latest`` (JSON) names the
 newest complete checkpoint and is itself replaced atomically, so a crash at any point leaves the
 previous checkpoint intact and ``latest`` pointing at a complete folder.
+
+A run under ``torchrun`` writes the same folder from rank 0 alone (an FSDP2 model's state gathered
+whole first, ``train.distributed``), so any world size, one process included, resumes from it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import random
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +101,14 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     trainer_state: dict | None = None,
     keep: int = 0,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
     """Write ``<out_dir>/checkpoints/step-NNNNNN`` atomically, point ``latest`` at it; return it.
 
-    ``keep`` > 0 deletes all but the newest ``keep`` checkpoints afterwards.
+    ``keep`` > 0 deletes all but the newest ``keep`` checkpoints afterwards. ``model_state`` and
+    ``optimizer_state`` (each tied tensor once; integer parameter indices) replace ``model``'s and
+    ``optimizer``'s own state dicts: a sharded model's gathered whole state (``train.distributed``).
     """
     from safetensors.torch import save_file
 
@@ -113,10 +121,12 @@ def save_checkpoint(
     try:
         config = {"format": FORMAT, "step": step, "model": model.config.to_dict(), "run": run_config}
         _write_json(tmp / "config.json", config)
-        save_file(unique_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        weights = unique_state_dict(model) if model_state is None else model_state
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save(tmp / "tokenizer.json")
-        if optimizer is not None:
-            tensors, rest = _split_optimizer_state(optimizer.state_dict())
+        if optimizer is not None or optimizer_state is not None:
+            opt_state = optimizer.state_dict() if optimizer_state is None else optimizer_state
+            tensors, rest = _split_optimizer_state(opt_state)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
             state = dict(trainer_state or {})
@@ -198,8 +208,15 @@ def _set_py_random_state(state: list) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore the optimizer and the RNGs from ``checkpoint``; returns ``trainer_state.json``."""
+def load_trainer_state(
+    checkpoint: Path,
+    optimizer: torch.optim.Optimizer,
+    load_optimizer: Callable[[dict], None] | None = None,
+) -> dict:
+    """Restore the optimizer and the RNGs from ``checkpoint``; returns ``trainer_state.json``.
+
+    ``load_optimizer(state)`` loads the optimizer's state dict instead of
+    ``optimizer.load_state_dict`` (a sharded optimizer: ``train.distributed``)."""
     from safetensors.torch import load_file
 
     state_path = checkpoint / "trainer_state.json"
@@ -209,7 +226,7 @@ def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> di
         )
     state = json.loads(state_path.read_text(encoding="utf-8"))
     tensors = load_file(str(checkpoint / "optimizer.safetensors"))
-    optimizer.load_state_dict(_join_optimizer_state(tensors, state["optimizer"]))
+    (load_optimizer or optimizer.load_state_dict)(_join_optimizer_state(tensors, state["optimizer"]))
     rng = load_file(str(checkpoint / "rng.safetensors"))
     torch.set_rng_state(rng["cpu"])
     cuda = [rng[f"cuda.{i}"] for i in range(len(rng)) if f"cuda.{i}" in rng]

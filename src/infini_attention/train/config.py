@@ -4,6 +4,9 @@ Sections: ``[model]`` (``ModelConfig``; ``vocab_size`` may be left out or ``"aut
 tokenizer's size), ``[data]``, ``[optim]`` and ``[train]``. An unknown section or key, a value of the
 wrong type or out of range is a ``ValueError`` that names it, so a typo never silently falls back
 to a default.
+
+``[train] batch_size`` is the global batch: under ``torchrun`` (``[train] dist``) the processes split
+it evenly, so the same config trains on the same batches whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from ..models.config import ModelConfig
 
 AUTOCAST = ("none", "bf16")
+DIST = ("none", "ddp", "fsdp")
 TASKS = ("lm", "passkey")
 # vocab_size stand-in used to validate [model] before the tokenizer is known
 _VOCAB_PLACEHOLDER = 257
@@ -138,7 +142,10 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 8  # rows of seq_len tokens per step
+    # rows of seq_len tokens per optimiser step, all processes together (the global batch): under
+    # torchrun each of the W processes takes batch_size / W of them (W must divide it), so a config
+    # trains the same way, with the same data order, on any number of processes
+    batch_size: int = 8
     max_steps: int = 1000  # optimiser steps; the schedule spans them
     seed: int = 0  # model init, data order
     bptt: str | int = (
@@ -146,7 +153,11 @@ class TrainConfig:
     )
     checkpoint_segments: bool = False  # recompute each segment in backward (less memory, ~1.3x time)
     autocast: str = "none"  # "none" (float32) or "bf16" (torch.autocast)
-    device: str = "auto"  # "auto": cuda if available, else cpu
+    device: str = "auto"  # "auto": cuda if available, else cpu (under torchrun: cuda:LOCAL_RANK)
+    # data parallelism across the processes torchrun starts (one per device; train/distributed.py):
+    # "ddp" (replicated weights), "fsdp" (FSDP2: weights, gradients and optimizer state sharded), or
+    # "none": one process; under torchrun with several processes "none" means "ddp"
+    dist: str = "none"
     log_every: int = 10  # steps between metric rows (metrics.csv, TensorBoard)
     eval_every: int = 200  # steps between evaluations on the eval split; 0 = only at the end
     eval_tokens: int = 32768  # eval tokens per evaluation (documents streamed with the memory); 0 = none
@@ -174,6 +185,8 @@ class TrainConfig:
         if self.autocast not in AUTOCAST:
             raise ValueError(f"[train] autocast must be one of {AUTOCAST}, got {self.autocast!r}")
         _str(s, "device", self.device)
+        if self.dist not in DIST:
+            raise ValueError(f"[train] dist must be one of {DIST}, got {self.dist!r}")
         _int(s, "log_every", self.log_every)
         for key in ("eval_every", "eval_tokens", "save_every", "keep_checkpoints"):
             _int(s, key, getattr(self, key), minimum=0)

@@ -4,6 +4,10 @@ Each step takes one batch ``[B, L]`` from the ``SequenceSampler`` and runs one f
 L tokens; the model cuts it into L/N segments internally and, by default, backpropagates through
 the memory across all of them (the paper's full BPTT). ``[train] bptt = k`` truncates every k
 segments; ``checkpoint_segments`` recomputes each segment in the backward pass.
+
+Under ``torchrun`` (``[train] dist``, ``train/distributed.py``) every process runs this loop on its
+own device with its share of each global batch of ``[train] batch_size`` rows; rank 0 alone logs
+and writes checkpoints, in the single-process format.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import torch
 
 from ..models import InfiniTransformer
 from . import checkpoint as ckpt
+from . import distributed
 from .config import RunConfig
 from .metrics import MetricsLog
-from .runtime import autocast, evaluate, evaluate_passkey, gate_stats, pick_device
+from .runtime import autocast, evaluate, evaluate_passkey, gate_stats
 from .schedule import Schedule, build_optimizer
 
 
@@ -69,15 +74,36 @@ def train(
 
     ``out_dir`` defaults to ``[train] out_dir``. ``max_steps`` stops after that optimiser step (the
     schedule still spans ``[train] max_steps``, so a run cut short and resumed is the same run).
-    ``resume`` continues from ``<out_dir>/latest`` bit-exactly (same config, same device).
+    ``resume`` continues from ``<out_dir>/latest`` bit-exactly (same config, same device, same
+    world size; on another world size the data order is the same, the sums' rounding is not).
     ``progress``: show a tqdm bar (None: when stderr is a terminal).
+
+    Under ``torchrun`` it starts (and ends) the process group ``[train] dist`` asks for; every rank
+    returns the final checkpoint's folder, which rank 0 wrote.
     """
+    dist, device = distributed.setup(config.train.dist, config.train.device)
+    try:
+        return _train(config, dist, device, out_dir, max_steps, resume, progress, log)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train(
+    config: RunConfig,
+    dist: distributed.Dist,
+    device: torch.device,
+    out_dir: str | Path | None,
+    max_steps: int | None,
+    resume: bool,
+    progress: bool | None,
+    log: Callable[[str], None],
+) -> Path:
     import json
 
     from tqdm.auto import tqdm
 
     from ..data.copy_task import CopySampler
-    from ..data.packing import SequenceSampler
+    from ..data.packing import IGNORE, SequenceSampler
     from ..data.passkey_task import PasskeySampler, answer_span, only_answer, retrieved
     from ..data.tokenizer import Tokenizer
     from ..pretrained import load_weights, read_model_config, resolve_checkpoint
@@ -87,7 +113,14 @@ def train(
     stop = tc.max_steps if max_steps is None else max_steps
     if isinstance(stop, bool) or not isinstance(stop, int) or stop <= 0:
         raise ValueError(f"max_steps must be a positive int, got {stop!r}")
-    device = pick_device(tc.device)
+    if tc.batch_size % dist.world_size:
+        raise ValueError(
+            f"[train] batch_size ({tc.batch_size}) is the global batch: it must be a multiple of the "
+            f"{dist.world_size} processes"
+        )
+    rows_per_rank = tc.batch_size // dist.world_size
+    if not dist.is_main:
+        log = _quiet  # rank 0 speaks for the run
     found = ckpt.latest_checkpoint(out_dir) if out_dir.is_dir() else None
     if resume and found is None:
         raise FileNotFoundError(f"nothing to resume: {out_dir} holds no checkpoint")
@@ -95,8 +128,9 @@ def train(
         raise ValueError(
             f"{out_dir} already holds a training run ({found.name}); pass --resume or another --out"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale(out_dir)
+    if dist.is_main:  # the other ranks never write into out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale(out_dir)
 
     d = config.data
     init_folder = resolve_checkpoint(tc.init_from) if tc.init_from else None
@@ -105,7 +139,9 @@ def train(
         tokenizer_file = str(init_folder / "tokenizer.json")  # fine-tuning keeps the model's tokenizer
     # the corpus is read for language modelling, and to train a tokenizer when none is given
     data = (
-        _prepare(config, tokenizer_file) if d.task == "lm" or d.lm_every or tokenizer_file is None else None
+        _prepare_in_turn(config, tokenizer_file, dist)
+        if d.task == "lm" or d.lm_every or tokenizer_file is None
+        else None
     )
     tokenizer = data.tokenizer if data is not None else Tokenizer.from_file(tokenizer_file)
     base = read_model_config(init_folder) if init_folder is not None else None
@@ -117,12 +153,15 @@ def train(
             raise ValueError(f"cannot resume: the prepared tokenizer differs from {found / 'tokenizer.json'}")
 
     random.seed(tc.seed)
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # the same on every rank: the same initial weights
     model = InfiniTransformer(model_config).to(device)
     if init_folder is not None and found is None:
         load_weights(model, init_folder / "model.safetensors")
         log(f"starting from {init_folder}")
-    optimizer = build_optimizer(model, config.optim)
+    if found is not None:  # before wrapping: FSDP2 then shards the loaded weights
+        load_weights(model, found / "model.safetensors")
+    net = distributed.wrap(model, dist, device)  # what the step calls; `model` stays the InfiniTransformer
+    optimizer = build_optimizer(model, config.optim)  # on the wrapped (under FSDP2: sharded) parameters
     schedule = Schedule(optimizer, config.optim, tc.max_steps)
     N = model_config.segment_len
     samplers = {}
@@ -131,11 +170,13 @@ def train(
             tokenizer,
             d.seq_len,
             N,
-            tc.batch_size,
+            rows_per_rank,
             tc.seed,
             min_len=d.passkey_min_len or None,
             copy_targets=d.passkey_copy_targets,
             word_keys=d.passkey_word_keys,
+            rank=dist.rank,
+            world_size=dist.world_size,
         )
     if d.copy_every:
         eos = getattr(tokenizer, "eos_id", None)
@@ -143,20 +184,25 @@ def train(
             model_config.vocab_size,
             d.copy_seq_len or d.seq_len,
             N,
-            tc.batch_size,
+            rows_per_rank,
             tc.seed,
             min_period=d.copy_min_period,
             max_period=d.copy_max_period or None,
             exclude=(0,) if eos is None else (0, eos),  # never the pad / end-of-text ids
+            rank=dist.rank,
+            world_size=dist.world_size,
         )
     if data is not None and (d.task == "lm" or d.lm_every):
         samplers["sampler" if d.task == "lm" else "lm_sampler"] = SequenceSampler(
-            data.train, d.seq_len, N, tc.batch_size, tc.seed
+            data.train, d.seq_len, N, rows_per_rank, tc.seed, rank=dist.rank, world_size=dist.world_size
         )
     step, tokens_seen = 0, 0
     if found is not None:
-        load_weights(model, found / "model.safetensors")
-        state = ckpt.load_trainer_state(found, optimizer)
+        # the samplers' states are global positions (rank 0's): any rank of any world size goes on
+        load_optimizer = None
+        if dist.mode == "fsdp":  # every rank keeps its shard of the saved whole state
+            load_optimizer = lambda s: distributed.load_optimizer_state(model, optimizer, s, dist)  # noqa: E731
+        state = ckpt.load_trainer_state(found, optimizer, load_optimizer)
         for name, sampler in samplers.items():
             sampler.load_state_dict(state[name])
         step, tokens_seen = int(state["step"]), int(state.get("tokens_seen", 0))
@@ -167,10 +213,14 @@ def train(
     else:
         mix = f", language modelling every {d.lm_every} steps" if d.lm_every else ""
         what = f"passkey prompts of {samplers['sampler'].min_len}-{d.seq_len} tokens{mix}"
+    where = f"device {device}"
+    if dist.active:
+        procs = f"{dist.world_size} process{'es' if dist.world_size > 1 else ''}"
+        where = f"{dist.mode} over {procs} ({device.type}), {rows_per_rank} rows each"
     log(
         f"model: {n_params / 1e6:.2f}M parameters, {model_config.n_layers} layers, d_model "
         f"{model_config.d_model}, vocab {model_config.vocab_size}; data: {what} (segments of {N}); "
-        f"device {device}"
+        f"{where}"
     )
     if step >= stop:
         log(f"already at step {step} (stop at {stop}): nothing to train")
@@ -178,9 +228,11 @@ def train(
 
     run_dict = config.to_dict()
     run_dict["train"]["out_dir"] = str(out_dir)  # where this run actually went (--out)
-    metrics = MetricsLog(out_dir, start_step=step, tensorboard=tc.tensorboard)
+    run_dict["train"]["dist"] = dist.mode  # how it actually ran ("none" under torchrun becomes "ddp")
+    metrics = MetricsLog(out_dir, start_step=step, tensorboard=tc.tensorboard) if dist.is_main else None
     clip = config.optim.grad_clip if config.optim.grad_clip > 0 else math.inf
-    bar = tqdm(total=stop, initial=step, unit="step", disable=(None if progress is None else not progress))
+    show = (None if progress is None else not progress) if dist.is_main else True
+    bar = tqdm(total=stop, initial=step, unit="step", disable=show)
     say = tqdm.write if not bar.disable else log
     last_saved, last_row = None, None
     window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0  # since the last logged row
@@ -188,7 +240,7 @@ def train(
     window_copy: list[float] = []  # losses of the copy-task steps since then
     lm_eval = tc.eval_tokens > 0 and data is not None
     can_eval = lm_eval or d.task == "passkey"  # passkey fine-tuning always checks retrieval
-    model.train()
+    net.train()
     try:
         while step < stop:
             t0 = time.perf_counter()
@@ -198,23 +250,40 @@ def train(
             passkey_step = d.task == "passkey" and source == "sampler"
             # passkey rows: logits for the answer only (unless the key's mention is a target too)
             keep = answer_span(batch.labels) if passkey_step and not d.passkey_copy_targets else 0
+            run = distributed.same_chunks(batch, dist) if dist.mode == "fsdp" else batch
             with autocast(config, device):
-                out = model(
-                    batch.input_ids,
+                out = net(
+                    run.input_ids,
                     None,  # a fresh memory per row; under autocast it takes autocast's dtype
-                    batch.labels,
-                    pad_mask=batch.pad_mask,
-                    doc_start=batch.doc_start,
+                    run.labels,
+                    pad_mask=run.pad_mask,
+                    doc_start=run.doc_start,
                     detach_every=tc.detach_every,
                     checkpoint_segments=tc.checkpoint_segments,
                     logits_to_keep=keep,
                 )
+            hits = rows = 0
             if passkey_step:
                 answer = only_answer(batch.labels) if d.passkey_copy_targets else batch.labels
-                window_hits += int(retrieved(out.logits.detach(), answer).sum())
-                window_rows += batch.input_ids.shape[0]
+                rows = batch.input_ids.shape[0]  # (under FSDP2 a filler row may follow them)
+                hits = int(retrieved(out.logits[:rows].detach(), answer).sum())
             loss = out.loss
-            loss_value = loss.item()
+            n_tok = batch.num_tokens  # real tokens, padding left out
+            if dist.active:
+                # each rank's batch is its share of one global batch: weigh the ranks' mean losses by
+                # their labelled tokens, as one process's mean over the whole batch does
+                labelled = int((batch.labels != IGNORE).sum())
+                local = [loss.item() * labelled, labelled, n_tok, hits, rows]
+                sums = distributed.all_sum(dist, local, device)
+                total, all_labelled = sums[0], max(sums[1], 1.0)
+                n_tok, hits, rows = int(sums[2]), int(sums[3]), int(sums[4])
+                loss_value = total / all_labelled
+                # DDP and FSDP2 average the ranks' gradients: this weight makes that average the
+                # gradient of the global mean loss
+                loss = loss * (labelled * dist.world_size / all_labelled)
+            else:
+                loss_value = loss.item()
+            window_hits, window_rows = window_hits + hits, window_rows + rows
             if source == "copy_sampler":
                 window_copy.append(loss_value)
             if not math.isfinite(loss_value):
@@ -223,21 +292,23 @@ def train(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # the global norm: DDP's gradients are already averaged; FSDP2's norm of the sharded
+            # gradients is reduced over the ranks (a replicated DTensor)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
             optimizer.step()
             step += 1
-            n_tok = batch.num_tokens  # real tokens, padding left out
-            tokens_seen += n_tok
+            tokens_seen += n_tok  # all ranks together
             window_loss, window_n = window_loss + loss_value, window_n + 1
             window_tokens, window_time = window_tokens + n_tok, window_time + time.perf_counter() - t0
 
-            gates = gate_stats(model)
+            gates = gate_stats(model)  # under FSDP2 a collective: every rank computes it
             tps = window_tokens / window_time if window_time > 0 else 0.0  # training only: no eval, no saves
             bar.update(1)
             spread = f"{gates['gate_min']:.2f}..{gates['gate_max']:.2f}"
             bar.set_postfix_str(f"loss {loss_value:.3f} | {tps:,.0f} tok/s | gates {spread}")
 
             final = step == stop
+            # evaluations run alike on every rank (FSDP2's forward needs them all): the same numbers
             do_eval = can_eval and ((tc.eval_every and step % tc.eval_every == 0) or final)
             if step % tc.log_every == 0 or do_eval or final:
                 row = {
@@ -267,7 +338,8 @@ def train(
                     say(
                         f"step {step}: passkey retrieval, held-out {d.seq_len}-token prompts {100 * acc:.1f}%"
                     )
-                metrics.write(row)
+                if metrics is not None:
+                    metrics.write(row)
                 if bar.disable and not do_eval:
                     acc = f", passkey {100 * row['passkey_acc']:.0f}%" if "passkey_acc" in row else ""
                     acc += f", copy loss {row['copy_loss']:.3f}" if "copy_loss" in row else ""
@@ -281,26 +353,49 @@ def train(
                 window_copy = []
                 last_row = row
             if final or (tc.save_every and step % tc.save_every == 0):
-                last_saved = ckpt.save_checkpoint(
-                    out_dir,
-                    step,
-                    model=model,
-                    tokenizer=tokenizer,
-                    run_config=run_dict,
-                    optimizer=optimizer,
-                    trainer_state={
-                        **{name: sampler.state_dict() for name, sampler in samplers.items()},
-                        "schedule": schedule.state_dict(),
-                        "tokens_seen": tokens_seen,
-                        "metrics": last_row,
-                    },
-                    keep=tc.keep_checkpoints,
-                )
+                # FSDP2: gather the whole model and optimizer state onto rank 0 (every rank takes part)
+                whole = distributed.full_state(model, optimizer, dist) if dist.mode == "fsdp" else None
+                last_saved = out_dir / ckpt.CHECKPOINTS / ckpt.step_dir_name(step)
+                if dist.is_main:
+                    last_saved = ckpt.save_checkpoint(
+                        out_dir,
+                        step,
+                        model=model,
+                        tokenizer=tokenizer,
+                        run_config=run_dict,
+                        optimizer=optimizer if whole is None else None,
+                        trainer_state={
+                            **{name: sampler.state_dict() for name, sampler in samplers.items()},
+                            "schedule": schedule.state_dict(),
+                            "tokens_seen": tokens_seen,
+                            "metrics": last_row,
+                        },
+                        keep=tc.keep_checkpoints,
+                        model_state=None if whole is None else whole[0],
+                        optimizer_state=None if whole is None else whole[1],
+                    )
+                distributed.barrier(dist)  # the others wait until the checkpoint is complete
     finally:
         bar.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     log(f"trained {step} steps ({tokens_seen:,} tokens); checkpoint: {last_saved}")
     return last_saved
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _prepare_in_turn(config: RunConfig, tokenizer: str | None, dist: distributed.Dist):
+    """Prepare the data on each node's first process, then let the others find it in the cache
+    (concurrent preparations would each tokenise the corpus, and race for the same folder)."""
+    if dist.local_rank != 0:
+        distributed.barrier(dist)
+    data = _prepare(config, tokenizer)
+    if dist.local_rank == 0:
+        distributed.barrier(dist)
+    return data
 
 
 def _source(d, step: int) -> str:
