@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF reader's bar too (read when tqdm is imported)
     import torch
     from transformers.utils import logging
 

@@ -82,7 +82,8 @@ class RotaryEmbedding(nn.Module):
         if head_dim % 2 != 0:
             raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
         inv_freq = inverse_frequencies(head_dim, theta, scaling)
-        angles = torch.arange(max_positions, device="cpu").float()[:, None] * inv_freq[None, :]  # float32, as in HF
+        positions = torch.arange(max_positions, device="cpu").float()  # float32 angles, as in HF
+        angles = positions[:, None] * inv_freq[None, :]
         angles = torch.cat([angles, angles], dim=-1)  # [P, D]
         # Plain float32 tensors, not buffers: ``model.to(torch.bfloat16)`` must not round the
         # tables. They are derived from the config, so they never enter a checkpoint.
