@@ -197,3 +197,17 @@ def test_smollm2_gated_off_logits_equal_the_original():
     with torch.no_grad(), memory_disabled(model):
         ours, theirs = model(ids).logits, hf(ids).logits
     assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_every_weight_must_be_covered_and_used():
+    from infini_attention.models.convert import load_renamed
+
+    hf = _small("LlamaForCausalLM", tie_word_embeddings=False)
+    model = from_hf(hf, segment_len=64)
+    weights = hf.state_dict()
+    with pytest.raises(ValueError, match="no weight for 'blocks.1.mlp.up_proj.weight'"):
+        load_renamed(model, {k: v for k, v in weights.items() if k != "model.layers.1.mlp.up_proj.weight"})
+    with pytest.raises(ValueError, match="unexpected weight 'model.layers.0.extra.weight'"):
+        load_renamed(model, {**weights, "model.layers.0.extra.weight": torch.zeros(2)})
+    with pytest.raises(ValueError, match="'lm_head.weight' has shape"):
+        load_renamed(model, {**weights, "lm_head.weight": torch.zeros(3, 96)})

@@ -112,7 +112,14 @@ def from_hf(
     )
     weights = hf_model.state_dict()
     first = next(iter(weights.values()))
-    model = InfiniTransformer(config).to(device=first.device, dtype=first.dtype)
+    with torch.device("meta"):  # no random init: load_renamed overwrites every weight but the gates
+        model = InfiniTransformer(config)
+    model = model.to_empty(device=first.device).to(first.dtype)
+    if config.tie_embeddings:  # to_empty gives the two names of the tied weight a tensor each
+        model.lm_head.weight = model.embed.weight
+    with torch.no_grad():
+        for gate in model.gates():
+            gate.fill_(config.gate_init)
     load_renamed(model, weights)
     return model.eval()
 
