@@ -37,3 +37,12 @@ def test_errors_are_one_line_without_traceback(args):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("infini") and "Traceback" not in result.stderr
+
+
+def test_under_torchrun_only_rank_0_prints_the_error(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "--config", "no-such-file.toml"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "--config", "no-such-file.toml"]) == 2
+    assert capsys.readouterr().err.startswith("infini: error:")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -64,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (UsageError, ValueError, OSError, RuntimeError, KeyError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"infini: error: {message}", file=sys.stderr)
+        # under torchrun every process meets the same error: rank 0 alone says it (exit 2 everywhere)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"infini: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("infini: interrupted", file=sys.stderr)
