@@ -1,0 +1,348 @@
+"""Model-level comparison against the PyPI package ``infini-transformer-pytorch==0.2.1``.
+
+The peer is a benchmark-only dependency, not a dependency of this project. Install it into the
+venv without letting it touch torch:
+
+    pip install --no-deps infini-transformer-pytorch==0.2.1 einops rotary-embedding-torch
+
+Then, from the repository root:
+
+    python benchmarks/peer_bench.py --json docs/results/perf/peer_bench_cpu.json \
+        --markdown docs/results/perf/peer_bench_cpu.md
+
+Both models have the same size: vocab 256, d_model 256, 4 layers, 4 heads of 64, segment
+length N = 512, delta rule; our SwiGLU width ``d_ff`` is chosen so that our FFN has as many
+parameters as the peer's GEGLU FFN (``ff_mult=4``: inner width int(4 * 256 * 2 / 3) = 682, with
+biases). Both parameter counts are printed.
+
+Cases, all float32, batch 1, random token ids, in one process:
+
+* streaming forward (``torch.no_grad()``) over ``--stream-tokens`` tokens, one call per
+  512-token segment carrying the state (ours: ``ModelOutput.state``; the peer:
+  ``past_memories`` with ``return_new_memories=True``), plus ours in one call over all tokens;
+* a training step over ``--train-tokens`` tokens: forward with the mean cross-entropy over all
+  tokens, then backward with full BPTT through the memory across all segments. Ours is one call
+  with ``labels``. The peer's segments are chained by hand with its model's
+  ``forward(..., past_memories=..., return_new_memories=True)``, whose memories are not detached
+  (``detach_memories=False`` is its default); its ``InfiniTransformerWrapper`` would detach them
+  every ``detach_mems_every_num_segments=2`` segments by default (truncated BPTT), so it is not used.
+
+Each case runs one untimed warm-up, then ``--repeats`` timed runs with the models interleaved
+(ours, peer, ours, peer, ...); the median is reported.
+
+The "dense-layer floor" column is a lower bound no implementation of this model size can beat on
+the machine: the forward FLOPs of the dense layers alone (q/k/v/o projections, FFN, logits; no
+attention, no memory), times 3 for a training step, divided by the float32 matmul rate measured
+in the same run. "peer / floor" is therefore the largest speed-up over the peer still possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from infini_attention import InfiniTransformer, ModelConfig
+
+VOCAB, D_MODEL, LAYERS, HEADS, HEAD_DIM, N = 256, 256, 4, 4, 64, 512
+PEER_FF_MULT = 4
+
+
+def peer_ffn_params(dim: int = D_MODEL, mult: int = PEER_FF_MULT) -> int:
+    """Parameters of the peer's FeedForward (proj_in dim -> 2 * inner, proj_out inner -> dim, biases)."""
+    inner = int(mult * dim * 2 / 3)
+    return dim * 2 * inner + 2 * inner + inner * dim + dim
+
+
+def matched_d_ff(dim: int = D_MODEL) -> int:
+    """Our SwiGLU (3 bias-free dim x d_ff matrices) closest in size to the peer's FFN."""
+    return round(peer_ffn_params(dim) / (3 * dim))
+
+
+def build_models(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module, int]:
+    from infini_transformer_pytorch import InfiniTransformer as PeerTransformer
+
+    d_ff = matched_d_ff()
+    torch.manual_seed(seed)
+    ours = InfiniTransformer(
+        ModelConfig(
+            vocab_size=VOCAB,
+            d_model=D_MODEL,
+            n_layers=LAYERS,
+            n_heads=HEADS,
+            head_dim=HEAD_DIM,
+            segment_len=N,
+            update="delta",
+            d_ff=d_ff,
+        )
+    )
+    torch.manual_seed(seed)
+    peer = PeerTransformer(
+        num_tokens=VOCAB,
+        dim=D_MODEL,
+        depth=LAYERS,
+        dim_head=HEAD_DIM,
+        heads=HEADS,
+        ff_mult=PEER_FF_MULT,
+        use_mem_delta_rule=True,
+    )
+    return ours, peer, d_ff
+
+
+def count(model: torch.nn.Module, include: Callable[[str], bool] = lambda name: True) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if include(name))
+
+
+# ---- the timed functions -------------------------------------------------------------------
+
+
+def ours_stream_segments(model, ids: torch.Tensor) -> torch.Tensor:
+    state = None
+    for a in range(0, ids.shape[1], N):
+        out = model(ids[:, a : a + N], state)
+        state = out.state
+    return out.logits
+
+
+def ours_stream_one_call(model, ids: torch.Tensor) -> torch.Tensor:
+    return model(ids).logits
+
+
+def peer_stream_segments(model, ids: torch.Tensor) -> torch.Tensor:
+    memories = None
+    for a in range(0, ids.shape[1], N):
+        logits, _, memories = model(ids[:, a : a + N], past_memories=memories, return_new_memories=True)
+    return logits
+
+
+def ours_train_step(model, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    loss = model(ids, labels=labels).loss  # one call: full BPTT (detach_every=None)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def peer_train_step(model, ids: torch.Tensor, labels: torch.Tensor, check: bool = False) -> float:
+    memories = None
+    total = 0.0
+    for a in range(0, ids.shape[1], N):
+        logits, _, memories = model(ids[:, a : a + N], past_memories=memories, return_new_memories=True)
+        total = total + F.cross_entropy(logits.flatten(0, 1), labels[:, a : a + N].flatten(), reduction="sum")
+    if check:  # memories stayed attached to the graph of every earlier segment (full BPTT)
+        assert all(m.kv_mem.grad_fn is not None and m.k_norm.grad_fn is not None for m in memories)
+    loss = total / labels.numel()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def linear_flops_per_token(d_ff: int) -> int:
+    """Forward FLOPs per token of the dense layers alone (q/k/v/o, FFN, logits), no attention or memory."""
+    return LAYERS * (2 * D_MODEL * 4 * HEADS * HEAD_DIM + 2 * 3 * D_MODEL * d_ff) + 2 * D_MODEL * VOCAB
+
+
+def gemm_gflops(repeats: int = 20) -> float:
+    """This machine's float32 matmul rate at the FFN's shape for one segment (512 x 256 @ 256 x 1368)."""
+    a, b = torch.randn(N, D_MODEL), torch.randn(D_MODEL, 2 * 684)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * N * D_MODEL * 2 * 684 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """One untimed warm-up of each, then ``repeats`` rounds timing each function once per round."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stream-tokens", type=int, default=16384)
+    p.add_argument("--train-tokens", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write raw timings and settings here")
+    p.add_argument("--markdown", type=Path, help="write the table here")
+    args = p.parse_args()
+    for name in ("stream_tokens", "train_tokens"):
+        if getattr(args, name) % N:
+            p.error(f"--{name.replace('_', '-')} must be a multiple of {N}")
+    torch.set_num_threads(args.threads)
+
+    from importlib.metadata import version
+
+    import infini_transformer_pytorch  # noqa: F401 (fail early with a clear message)
+
+    peer_version = version("infini-transformer-pytorch")
+    ours, peer, d_ff = build_models(args.seed)
+    is_emb = lambda n: "emb" in n or "to_logits" in n or "lm_head" in n  # noqa: E731
+    params = {
+        "ours": {"total": count(ours), "non_embedding": count(ours, lambda n: not is_emb(n))},
+        "peer": {"total": count(peer), "non_embedding": count(peer, lambda n: not is_emb(n))},
+        "ours_ffn_per_layer": 3 * D_MODEL * d_ff,
+        "peer_ffn_per_layer": peer_ffn_params(),
+        "ours_d_ff": d_ff,
+        "peer_ffn_inner": int(PEER_FF_MULT * D_MODEL * 2 / 3),
+    }
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+        f"infini-transformer-pytorch {peer_version}"
+    )
+    print(f"parameters: {json.dumps(params)}")
+    print(f"load average at start: {os.getloadavg()}")
+
+    g = torch.Generator().manual_seed(args.seed)
+    stream_ids = torch.randint(0, VOCAB, (1, args.stream_tokens), generator=g)
+    train_seq = torch.randint(0, VOCAB, (1, args.train_tokens + 1), generator=g)
+    train_ids, train_labels = train_seq[:, :-1], train_seq[:, 1:]
+
+    # sanity (not a test): finite outputs; ours segment by segment equals ours in one call
+    sanity: dict[str, object] = {}
+    ours.eval()
+    peer.eval()
+    with torch.no_grad():
+        a = ours_stream_segments(ours, stream_ids[:, : 4 * N])
+        b = ours_stream_one_call(ours, stream_ids[:, : 4 * N])[:, -N:]
+        c = peer_stream_segments(peer, stream_ids[:, : 4 * N])
+    sanity["ours_segments_vs_one_call_max_abs_diff_last_segment"] = (a - b).abs().max().item()
+    sanity["ours_stream_logits_finite"] = bool(torch.isfinite(a).all())
+    sanity["peer_stream_logits_finite"] = bool(torch.isfinite(c).all())
+    ours.train()
+    peer.train()
+    sanity["ours_train_loss"] = ours_train_step(ours, train_ids, train_labels)
+    sanity["peer_train_loss"] = peer_train_step(peer, train_ids, train_labels, check=True)
+    sanity["peer_memories_attached_across_segments"] = True  # the assert above passed
+    print(f"sanity: {json.dumps(sanity)}", flush=True)
+    for k in ("ours_train_loss", "peer_train_loss"):
+        if not torch.isfinite(torch.tensor(sanity[k])):
+            raise SystemExit(f"{k} is not finite: {sanity[k]}")
+
+    t_start = time.perf_counter()
+    ours.eval()
+    peer.eval()
+    with torch.no_grad():
+        stream = interleaved(
+            {
+                "ours_segments": lambda: ours_stream_segments(ours, stream_ids),
+                "peer_segments": lambda: peer_stream_segments(peer, stream_ids),
+                "ours_one_call": lambda: ours_stream_one_call(ours, stream_ids),
+            },
+            args.repeats,
+        )
+    print(f"stream times (s): {json.dumps(stream)}", flush=True)
+    ours.train()
+    peer.train()
+    train = interleaved(
+        {
+            "ours": lambda: ours_train_step(ours, train_ids, train_labels),
+            "peer": lambda: peer_train_step(peer, train_ids, train_labels),
+        },
+        args.repeats,
+    )
+    print(f"train times (s): {json.dumps(train)}", flush=True)
+    wall = time.perf_counter() - t_start
+    print(f"load average at end: {os.getloadavg()}; timed part took {wall:.0f} s")
+
+    gflops = gemm_gflops()
+    floor_fwd = linear_flops_per_token(d_ff) / (gflops * 1e9)  # seconds per token, forward
+    print(
+        f"float32 matmul rate {gflops:.0f} GFLOP/s; dense-layer floor {floor_fwd * 1e6:.1f} us/token forward"
+    )
+    med = {k: statistics.median(v) for k, v in stream.items()}
+    tmed = {k: statistics.median(v) for k, v in train.items()}
+    T, TT = args.stream_tokens, args.train_tokens
+    rows = [
+        (
+            "streaming forward, one call per 512-token segment",
+            T,
+            med["ours_segments"],
+            med["peer_segments"],
+            1,
+        ),
+        (
+            "streaming forward, ours in one call (peer: per segment)",
+            T,
+            med["ours_one_call"],
+            med["peer_segments"],
+            1,
+        ),
+        ("training step (forward + backward, full BPTT)", TT, tmed["ours"], tmed["peer"], 3),
+    ]
+    lines = [
+        "| case | tokens | ours s | peer s | ours tok/s | peer tok/s | speed-up (ours / peer) "
+        "| dense-layer floor s | peer / floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, tok, t_ours, t_peer, passes in rows:
+        floor = tok * floor_fwd * passes  # backward ~ 2x forward
+        lines.append(
+            f"| {name} | {tok} | {t_ours:.3f} | {t_peer:.3f} | {tok / t_ours:,.0f} | {tok / t_peer:,.0f} "
+            f"| {t_peer / t_ours:.2f}x | {floor:.3f} | {t_peer / floor:.2f}x |"
+        )
+    table = "\n".join(lines)
+    print()
+    print(table)
+    targets = {
+        "streaming_>=3x (per segment)": med["peer_segments"] / med["ours_segments"] >= 3,
+        "streaming_>=3x (ours one call)": med["peer_segments"] / med["ours_one_call"] >= 3,
+        "training_>=2x": tmed["peer"] / tmed["ours"] >= 2,
+    }
+    print(f"\ntargets met: {json.dumps(targets)}")
+
+    meta = {
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "peer_version": peer_version,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "shape": dict(vocab=VOCAB, d_model=D_MODEL, layers=LAYERS, heads=HEADS, head_dim=HEAD_DIM, N=N),
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        out = {
+            "meta": meta,
+            "params": params,
+            "sanity": sanity,
+            "stream_s": stream,
+            "train_s": train,
+            "median_s": {"stream": med, "train": tmed},
+            "gemm_gflops": gflops,
+            "dense_layer_forward_flops_per_token": linear_flops_per_token(d_ff),
+            "targets_met": targets,
+        }
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        head = (
+            f"Against infini-transformer-pytorch {peer_version}, {meta['date_utc']} UTC, "
+            f"torch {torch.__version__}, "
+            f"{meta['threads']} threads, median of {args.repeats} (interleaved). Parameters: ours "
+            f"{params['ours']['total']:,}, peer {params['peer']['total']:,}.\n\n"
+        )
+        args.markdown.write_text(head + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
