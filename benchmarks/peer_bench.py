@@ -51,9 +51,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from infini_attention import InfiniTransformer, ModelConfig
+from issue_model import D_MODEL, HEAD_DIM, HEADS, LAYERS, VOCAB, N, build_model
 
-VOCAB, D_MODEL, LAYERS, HEADS, HEAD_DIM, N = 256, 256, 4, 4, 64, 512
 PEER_FF_MULT = 4
 
 
@@ -72,19 +71,7 @@ def build_models(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module, int]:
     from infini_transformer_pytorch import InfiniTransformer as PeerTransformer
 
     d_ff = matched_d_ff()
-    torch.manual_seed(seed)
-    ours = InfiniTransformer(
-        ModelConfig(
-            vocab_size=VOCAB,
-            d_model=D_MODEL,
-            n_layers=LAYERS,
-            n_heads=HEADS,
-            head_dim=HEAD_DIM,
-            segment_len=N,
-            update="delta",
-            d_ff=d_ff,
-        )
-    )
+    ours = build_model(seed, d_ff)
     torch.manual_seed(seed)
     peer = PeerTransformer(
         num_tokens=VOCAB,

@@ -53,30 +53,8 @@ from pathlib import Path
 
 import torch
 
-from infini_attention import InfiniTransformer, ModelConfig
-
-VOCAB, D_MODEL, LAYERS, HEADS, HEAD_DIM, N, D_FF = 256, 256, 4, 4, 64, 512, 684
-
-
-def build_model(seed: int = 0) -> InfiniTransformer:
-    torch.manual_seed(seed)
-    config = ModelConfig(
-        vocab_size=VOCAB,
-        d_model=D_MODEL,
-        n_layers=LAYERS,
-        n_heads=HEADS,
-        head_dim=HEAD_DIM,
-        segment_len=N,
-        update="delta",
-        d_ff=D_FF,
-    )
-    return InfiniTransformer(config)
-
-
-def parse_length(s: str) -> int:
-    s = s.strip().upper()
-    mult = {"K": 1024, "M": 1024 * 1024}.get(s[-1:], 1)
-    return int(s[:-1] if mult > 1 else s) * mult
+from infini_attention.eval.passkey import parse_length  # "16K", "1M" (x1024)
+from issue_model import D_FF, D_MODEL, HEAD_DIM, HEADS, LAYERS, VOCAB, N, build_model
 
 
 def maxrss_bytes() -> int:
