@@ -4,6 +4,11 @@ peer's GEGLU feed-forward, ``ff_mult=4``: 525,312 against 525,396 parameters per
 
 from __future__ import annotations
 
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+
 import torch
 
 from infini_attention import InfiniTransformer, ModelConfig
@@ -25,3 +30,15 @@ def build_model(seed: int = 0, d_ff: int = D_FF) -> InfiniTransformer:
         d_ff=d_ff,
     )
     return InfiniTransformer(config)
+
+
+def run_meta(args) -> dict:
+    """When and where a benchmark ran, and with which arguments (for its JSON)."""
+    return {
+        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }

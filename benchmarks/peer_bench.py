@@ -41,17 +41,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from issue_model import D_MODEL, HEAD_DIM, HEADS, LAYERS, VOCAB, N, build_model
+from issue_model import D_MODEL, HEAD_DIM, HEADS, LAYERS, VOCAB, N, build_model, run_meta
 
 PEER_FF_MULT = 4
 
@@ -297,13 +295,8 @@ def main() -> None:
     print(f"\ntargets met: {json.dumps(targets)}")
 
     meta = {
-        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
+        **run_meta(args),
         "peer_version": peer_version,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "shape": dict(vocab=VOCAB, d_model=D_MODEL, layers=LAYERS, heads=HEADS, head_dim=HEAD_DIM, N=N),
     }
     if args.json:

@@ -42,19 +42,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 from infini_attention.eval.passkey import parse_length  # "16K", "1M" (x1024)
-from issue_model import D_FF, D_MODEL, HEAD_DIM, HEADS, LAYERS, VOCAB, N, build_model
+from issue_model import D_FF, D_MODEL, HEAD_DIM, HEADS, LAYERS, VOCAB, N, build_model, run_meta
 
 
 def maxrss_bytes() -> int:
@@ -413,13 +411,8 @@ def main() -> None:
     wall = time.perf_counter() - t_start
     print(f"load average at end: {os.getloadavg()}; took {wall:.0f} s")
     meta = {
-        "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
+        **run_meta(args),
         "wall_s": wall,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "shape": dict(
             vocab=VOCAB, d_model=D_MODEL, layers=LAYERS, heads=HEADS, head_dim=HEAD_DIM, N=N, d_ff=D_FF
         ),
