@@ -221,7 +221,10 @@ def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str
 
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, dist: Dist) -> tuple[dict, dict] | None:
     """FSDP2: the whole model state (tied tensors once) and optimizer state (integer indices, as in
-    ``optimizer.state_dict()``) on rank 0's CPU; None on the other ranks. Every rank must call it."""
+    ``optimizer.state_dict()``) on rank 0's CPU; None on the other ranks. Every rank must call it.
+    Without FSDP2 the model and optimizer hold their whole state already: None."""
+    if dist.mode != "fsdp":
+        return None
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,

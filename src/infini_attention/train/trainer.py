@@ -199,9 +199,8 @@ def _train(
     step, tokens_seen = 0, 0
     if found is not None:
         # the samplers' states are global positions (rank 0's): any rank of any world size goes on
-        load_optimizer = None
-        if dist.mode == "fsdp":  # every rank keeps its shard of the saved whole state
-            load_optimizer = lambda s: distributed.load_optimizer_state(model, optimizer, s, dist)  # noqa: E731
+        # under FSDP2 every rank keeps its shard of the saved whole state
+        load_optimizer = lambda s: distributed.load_optimizer_state(model, optimizer, s, dist)  # noqa: E731
         state = ckpt.load_trainer_state(found, optimizer, load_optimizer)
         for name, sampler in samplers.items():
             sampler.load_state_dict(state[name])
@@ -353,8 +352,9 @@ def _train(
                 window_copy = []
                 last_row = row
             if final or (tc.save_every and step % tc.save_every == 0):
-                # FSDP2: gather the whole model and optimizer state onto rank 0 (every rank takes part)
-                whole = distributed.full_state(model, optimizer, dist) if dist.mode == "fsdp" else None
+                # FSDP2: the whole model and optimizer state gathered onto rank 0 (every rank takes
+                # part); otherwise (None, None): the model's and optimizer's own state dicts
+                weights, opt_state = distributed.full_state(model, optimizer, dist) or (None, None)
                 last_saved = out_dir / ckpt.CHECKPOINTS / ckpt.step_dir_name(step)
                 if dist.is_main:
                     last_saved = ckpt.save_checkpoint(
@@ -363,7 +363,7 @@ def _train(
                         model=model,
                         tokenizer=tokenizer,
                         run_config=run_dict,
-                        optimizer=optimizer if whole is None else None,
+                        optimizer=optimizer,
                         trainer_state={
                             **{name: sampler.state_dict() for name, sampler in samplers.items()},
                             "schedule": schedule.state_dict(),
@@ -371,8 +371,8 @@ def _train(
                             "metrics": last_row,
                         },
                         keep=tc.keep_checkpoints,
-                        model_state=None if whole is None else whole[0],
-                        optimizer_state=None if whole is None else whole[1],
+                        model_state=weights,
+                        optimizer_state=opt_state,
                     )
                 distributed.barrier(dist)  # the others wait until the checkpoint is complete
     finally:
