@@ -104,9 +104,7 @@ def from_hf(
     given model's dtype), in eval mode, on the CPU (or the given model's device).
     """
     hf_model = load_hf_model(model_or_path) if isinstance(model_or_path, str | Path) else model_or_path
-    if hasattr(hf_model, "config") and not any(k.__name__ in SUPPORTED for k in type(hf_model).__mro__):
-        name = type(hf_model).__name__
-        raise ValueError(f"unsupported architecture {name!r}: conversion supports {', '.join(SUPPORTED)}")
+    _architecture(getattr(hf_model, "config", None), type(hf_model))  # names the class it refuses
     config = config_from_hf(
         getattr(hf_model, "config", None), segment_len=segment_len, update=update, gate_init=gate_init
     )
@@ -175,7 +173,7 @@ def _check_folder(path_or_name: str | Path) -> Path:
     return path
 
 
-def load_hf_tokenizer_json(path_or_name: str | Path, hf_model: Any | None = None) -> str:
+def load_hf_tokenizer_json(path_or_name: str | Path) -> str:
     """The ``tokenizer.json`` text of a Hugging Face model (from its folder, or its GGUF for smollm2)."""
     from transformers import AutoTokenizer
 
@@ -208,9 +206,14 @@ def smollm2_folder() -> Path:
     return folder
 
 
-def _architecture(hf_config: Any) -> str:
+def _architecture(hf_config: Any, model_class: type | None = None) -> str:
+    """The supported class a config (and, if given, a model's class or a base of it) stands for."""
     if hf_config is None:
         raise ValueError("not a Hugging Face model: it has no .config")
+    if model_class is not None and not any(k.__name__ in SUPPORTED for k in model_class.__mro__):
+        raise ValueError(
+            f"unsupported architecture {model_class.__name__!r}: conversion supports {', '.join(SUPPORTED)}"
+        )
     archs = getattr(hf_config, "architectures", None) or []
     model_type = getattr(hf_config, "model_type", None)
     by_type = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
