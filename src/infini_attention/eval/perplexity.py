@@ -155,7 +155,8 @@ def evaluate_ppl(
          "seconds_no_memory", "tokens_per_s_no_memory"}
 
     ``nll`` is the mean negative log-likelihood in nats, ``ppl = exp(nll)``; an empty bucket has
-    ``None`` for both. The ``*_no_memory`` entries are absent when ``memory_off`` is False.
+    ``None`` for both. The ``*_no_memory`` entries are absent when ``memory_off`` is False or the
+    model has no memory gate (the gateless baselines of ``ModelConfig.attention``).
     ``tokens_per_s`` counts document tokens streamed per second (memory on).
 
     Gating the memory off also rescales the local path (a trained gate mixes both), so it is not
@@ -170,6 +171,7 @@ def evaluate_ppl(
         raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
     if max_tokens is not None and max_tokens < 2:
         raise ValueError(f"max_tokens must be at least 2 (one prediction), got {max_tokens}")
+    memory_off = memory_off and any(True for _ in model.gates())  # gateless baselines: no such pass
     modes = ["on"] + (["off"] if memory_off else []) + (["reset"] if memory_reset else [])
     sums = {m: [0.0] * len(edges) for m in modes}
     counts = [0] * len(edges)

@@ -1,7 +1,8 @@
 """Modules: the Infini-attention layer and the Llama-style pieces around it."""
 
 from .attention import InfiniAttention
+from .cached import CachedAttention, CacheState
 from .mlp import RMSNorm, SwiGLU
 from .rope import RotaryEmbedding
 
-__all__ = ["InfiniAttention", "RMSNorm", "RotaryEmbedding", "SwiGLU"]
+__all__ = ["CacheState", "CachedAttention", "InfiniAttention", "RMSNorm", "RotaryEmbedding", "SwiGLU"]

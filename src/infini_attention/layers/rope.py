@@ -81,13 +81,22 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2 != 0:
             raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
-        inv_freq = inverse_frequencies(head_dim, theta, scaling)
+        self._inv_freq = inverse_frequencies(head_dim, theta, scaling)
+        self._build(max_positions)
+
+    def _build(self, max_positions: int) -> None:
         positions = torch.arange(max_positions, device="cpu").float()  # float32 angles, as in HF
-        angles = positions[:, None] * inv_freq[None, :]
+        angles = positions[:, None] * self._inv_freq[None, :]
         angles = torch.cat([angles, angles], dim=-1)  # [P, D]
         # Plain float32 tensors, not buffers: ``model.to(torch.bfloat16)`` must not round the
         # tables. They are derived from the config, so they never enter a checkpoint.
         self._tables = {torch.device("cpu"): (angles.cos(), angles.sin())}
+        self.max_positions = max_positions
+
+    def cover(self, n_positions: int) -> None:
+        """Grow the tables (doubling) to hold positions ``0 .. n_positions - 1``; same values."""
+        if n_positions > self.max_positions:
+            self._build(max(n_positions, 2 * self.max_positions))
 
     def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
         if device not in self._tables:

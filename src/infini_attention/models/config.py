@@ -9,10 +9,13 @@ from typing import Any
 from ..layers.rope import check_rope_scaling
 from ..ops.checks import UPDATE_RULES
 
+ATTENTION_VARIANTS = ("infini", "local", "transformer-xl", "full", "memorizing", "rmt")
+
 
 @dataclass
 class ModelConfig:
-    """A Llama-style decoder whose attention layers are Infini-attention.
+    """A Llama-style decoder whose attention layers are Infini-attention (or, for comparisons,
+    one of the baselines of the paper's Table 2, chosen by ``attention``).
 
     Only the first four fields are required; ``None`` fields are derived in ``__post_init__``
     so that a saved config always holds concrete values.
@@ -35,6 +38,15 @@ class ModelConfig:
     attention_bias: bool = False  # biases on the q/k/v projections (Qwen2 has them)
     mem_eps: float = 1e-6  # added to the retrieval denominator
     init_std: float = 0.02
+    # The attention of every block. "infini" is the library's; the others are baselines
+    # (layers/cached.py): "local" (segment only), "transformer-xl" (+ previous segment, cached
+    # without gradient), "full" (causal over everything: short inputs only), "memorizing"
+    # (transformer-xl + a kNN memory at layer ``knn_layer``), "rmt" (local + memory tokens).
+    attention: str = "infini"
+    rmt_memory_tokens: int = 16  # p: memory tokens read at a segment's start, written at its end
+    knn_layer: int | None = None  # memorizing's kNN layer (None: 2/3 of the way up, the paper's 9 of 12)
+    knn_top_k: int = 32  # keys retrieved per query and head (Wu et al. use 32)
+    knn_memory: int | None = 65536  # stored tokens, oldest dropped first (the paper's 65K); None: all
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "segment_len"):
@@ -50,7 +62,9 @@ class ModelConfig:
             self.head_dim = self.d_model // self.n_heads
         if self.d_ff is None:
             self.d_ff = -(-8 * self.d_model // 3 // 64) * 64
-        for name in ("n_kv_heads", "head_dim", "d_ff"):
+        if self.knn_layer is None and self.attention == "memorizing":
+            self.knn_layer = (2 * self.n_layers) // 3
+        for name in ("n_kv_heads", "head_dim", "d_ff", "rmt_memory_tokens", "knn_top_k"):
             _positive_int(name, getattr(self, name))
         if self.n_heads % self.n_kv_heads != 0:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
@@ -67,6 +81,15 @@ class ModelConfig:
         if isinstance(self.gate_init, bool) or not isinstance(self.gate_init, int | float):
             raise ValueError(f"gate_init must be a number, got {self.gate_init!r}")
         check_rope_scaling(self.rope_scaling)
+        if self.attention not in ATTENTION_VARIANTS:
+            raise ValueError(f"attention must be one of {ATTENTION_VARIANTS}, got {self.attention!r}")
+        layer = self.knn_layer
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+            raise ValueError(f"knn_layer must be an int or None, got {self.knn_layer!r}")
+        if self.attention == "memorizing" and not 0 <= self.knn_layer < self.n_layers:
+            raise ValueError(f"knn_layer must be in [0, n_layers={self.n_layers}), got {self.knn_layer}")
+        if self.knn_memory is not None:
+            _positive_int("knn_memory", self.knn_memory)
         for name in ("tie_embeddings", "attention_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

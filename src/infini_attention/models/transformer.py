@@ -1,6 +1,10 @@
 """InfiniTransformer: a Llama-style decoder (RMSNorm, SwiGLU, RoPE) with Infini-attention.
 
-Shape legend: B batch, T tokens, V vocabulary, D d_model.
+``ModelConfig.attention`` swaps the attention of every block for a Table 2 baseline (same blocks
+otherwise); RMT is the one that also changes the model: ``p`` memory tokens are read before each
+segment and written after it (Bulatov et al. 2022), their last-layer outputs carried to the next.
+
+Shape legend: B batch, T tokens, V vocabulary, D d_model, p RMT memory tokens.
 """
 
 from __future__ import annotations
@@ -15,17 +19,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import InfiniAttention, RMSNorm, SwiGLU
+from ..layers import CachedAttention, CacheState, InfiniAttention, RMSNorm, SwiGLU
 from ..ops import InfiniState
 from .config import ModelConfig
 
 
 @dataclass(frozen=True)
 class ModelState:
-    """Per-layer Infini-attention states of one stream (a batch of streams)."""
+    """Per-layer attention states of one stream (a batch of streams), and RMT's memory tokens."""
 
-    layers: tuple[InfiniState, ...]
+    layers: tuple[InfiniState | CacheState, ...]
     segment_len: int
+    memory: Tensor | None = None  # [B, p, D] RMT only: the memory tokens the next segment reads
+    memory_init: Tensor | None = None  # [p, D] RMT only: the learned first memory (a weight)
 
     @property
     def batch_size(self) -> int:
@@ -34,25 +40,36 @@ class ModelState:
     @property
     def buffered(self) -> int:
         """Tokens of the open segment (the same in every layer)."""
+        if self.memory is not None and self.layers[0].buffered:  # RMT: the read tokens come first
+            return self.layers[0].buffered - self.memory.shape[1]
         return self.layers[0].buffered
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by every tensor of the state, all layers."""
-        return sum(layer.nbytes for layer in self.layers)
+        """Bytes held by every tensor of the state, all layers (and RMT's memory tokens)."""
+        memory = 0 if self.memory is None else self.memory.numel() * self.memory.element_size()
+        return sum(layer.nbytes for layer in self.layers) + memory
 
     def detach(self) -> ModelState:
         """Same values, no autograd history: truncates backpropagation through time here."""
-        return ModelState(tuple(layer.detach() for layer in self.layers), self.segment_len)
+        memory = None if self.memory is None else self.memory.detach()
+        layers = tuple(layer.detach() for layer in self.layers)
+        return ModelState(layers, self.segment_len, memory, self.memory_init)
 
     def to(self, device: torch.device | str) -> ModelState:
-        return ModelState(tuple(layer.to(device) for layer in self.layers), self.segment_len)
+        memory = None if self.memory is None else self.memory.to(device)
+        layers = tuple(layer.to(device) for layer in self.layers)
+        return ModelState(layers, self.segment_len, memory, self.memory_init)
 
     def reset_rows(self, rows: Tensor) -> ModelState:
         """Empty the memory of the streams where ``rows`` ``[B]`` is True (at a segment boundary)."""
         if self.buffered:
             raise ValueError("memory can only be reset at a segment boundary (no open segment)")
-        return ModelState(tuple(layer.reset_rows(rows) for layer in self.layers), self.segment_len)
+        layers = tuple(layer.reset_rows(rows) for layer in self.layers)
+        memory = self.memory
+        if memory is not None:  # RMT: back to the learned first memory
+            memory = torch.where(rows.bool()[:, None, None], self.memory_init.to(memory), memory)
+        return ModelState(layers, self.segment_len, memory, self.memory_init)
 
 
 @dataclass
@@ -63,11 +80,25 @@ class ModelOutput:
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, index: int = 0) -> None:
         super().__init__()
-        c = config
-        self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.attn = InfiniAttention(
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = _attention(config, index)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config.d_model, config.d_ff)
+
+    def forward(
+        self, x: Tensor, state: InfiniState | CacheState | None, pad_mask: Tensor | None = None
+    ) -> tuple[Tensor, InfiniState | CacheState]:
+        a, state = self.attn(self.attn_norm(x), state, pad_mask)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), state
+
+
+def _attention(c: ModelConfig, index: int) -> nn.Module:
+    """The attention module of block ``index`` for ``c.attention``."""
+    if c.attention == "infini":
+        return InfiniAttention(
             c.d_model,
             c.n_heads,
             c.n_kv_heads,
@@ -80,15 +111,24 @@ class Block(nn.Module):
             bias=c.attention_bias,
             mem_eps=c.mem_eps,
         )
-        self.mlp_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.mlp = SwiGLU(c.d_model, c.d_ff)
-
-    def forward(
-        self, x: Tensor, state: InfiniState | None, pad_mask: Tensor | None = None
-    ) -> tuple[Tensor, InfiniState]:
-        a, state = self.attn(self.attn_norm(x), state, pad_mask)
-        x = x + a
-        return x + self.mlp(self.mlp_norm(x)), state
+    knn = c.attention == "memorizing" and index == c.knn_layer
+    mode = {"memorizing": "transformer-xl", "rmt": "local"}.get(c.attention, c.attention)
+    # RMT's segment holds its p read tokens, the N text tokens and its p write tokens
+    segment = c.segment_len + 2 * c.rmt_memory_tokens if c.attention == "rmt" else c.segment_len
+    return CachedAttention(
+        c.d_model,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        segment,
+        mode=mode,
+        rope_theta=c.rope_theta,
+        rope_scaling=c.rope_scaling,
+        bias=c.attention_bias,
+        knn_top_k=c.knn_top_k if knn else 0,
+        knn_memory=c.knn_memory,
+        gate_init=c.gate_init,
+    )
 
 
 class InfiniTransformer(nn.Module):
@@ -104,7 +144,9 @@ class InfiniTransformer(nn.Module):
             raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        if config.attention == "rmt":
+            self.rmt_memory = nn.Parameter(torch.empty(config.rmt_memory_tokens, config.d_model))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
@@ -127,8 +169,8 @@ class InfiniTransformer(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def gates(self) -> Iterator[nn.Parameter]:
-        """The per-layer gate logits (for their own optimiser group)."""
-        return (block.attn.gate for block in self.blocks)
+        """The per-layer gate logits (for their own optimiser group); none for gateless baselines."""
+        return (block.attn.gate for block in self.blocks if hasattr(block.attn, "gate"))
 
     def init_state(
         self, batch_size: int, *, dtype: torch.dtype | None = None, device: torch.device | None = None
@@ -140,7 +182,11 @@ class InfiniTransformer(nn.Module):
             kind = p.device.type
             dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else p.dtype
         layers = tuple(b.attn.init_state(batch_size, dtype, device) for b in self.blocks)
-        return ModelState(layers, self.config.segment_len)
+        if self.config.attention != "rmt":
+            return ModelState(layers, self.config.segment_len)
+        first = self.rmt_memory.to(device)
+        memory = first[None].expand(batch_size, -1, -1)  # [B, p, D], with gradient into the weight
+        return ModelState(layers, self.config.segment_len, memory, first)
 
     def forward(
         self,
@@ -196,11 +242,41 @@ class InfiniTransformer(nn.Module):
         self, input_ids: Tensor, state: ModelState, pad_mask: Tensor | None = None
     ) -> tuple[Tensor, ModelState]:
         x = self.embed(input_ids)  # [B, T, D]
+        if state.memory is not None:
+            return self._body_rmt(x, state, pad_mask)
+        x, layers = self._blocks(x, state.layers, pad_mask)
+        return self.norm(x), ModelState(layers, state.segment_len)
+
+    def _blocks(self, x: Tensor, states: tuple, pad_mask: Tensor | None) -> tuple[Tensor, tuple]:
+        """Every block in turn on ``x`` ``[B, T, D]``; returns the last block's output, new states."""
         layers = []
-        for block, layer_state in zip(self.blocks, state.layers, strict=True):
+        for block, layer_state in zip(self.blocks, states, strict=True):
             x, layer_state = block(x, layer_state, pad_mask)
             layers.append(layer_state)
-        return self.norm(x), ModelState(tuple(layers), state.segment_len)
+        return x, tuple(layers)
+
+    def _body_rmt(self, x: Tensor, state: ModelState, pad_mask: Tensor | None) -> tuple[Tensor, ModelState]:
+        """RMT, segment by segment: [p read tokens | N text tokens | p write tokens] per segment.
+
+        The read tokens enter just before a segment's first text token; once its N-th token is in,
+        the write tokens see the whole segment, and their last-layer outputs become the memory the
+        next segment reads (gradient flows through them: BPTT, cut by ``detach_every``).
+        """
+        N, T = self.config.segment_len, x.shape[1]
+        layers, memory = state.layers, state.memory
+        hidden, a = [], 0
+        while a < T:
+            if layers[0].buffered == 0:  # a new segment: read the memory first
+                _, layers = self._blocks(memory, layers, None)
+            t0 = layers[0].buffered - memory.shape[1]  # text tokens already in the segment
+            b = min(T, a + N - t0)
+            h, layers = self._blocks(x[:, a:b], layers, None if pad_mask is None else pad_mask[:, a:b])
+            hidden.append(h)
+            if t0 + b - a == N:  # the segment is complete: write the memory
+                memory, layers = self._blocks(memory, layers, None)
+            a = b
+        out = torch.cat(hidden, dim=1) if hidden else x
+        return self.norm(out), ModelState(layers, state.segment_len, memory, state.memory_init)
 
     def _chunked(
         self,
@@ -310,6 +386,8 @@ def memory_disabled(model: InfiniTransformer) -> Iterator[InfiniTransformer]:
     sigmoid(-1e4) is exactly 0, so outputs equal a model without memory; the gates are restored
     on exit, also after an exception.
     """
+    if model.config.attention not in ("infini", "memorizing"):
+        raise ValueError(f"attention {model.config.attention!r} has no memory gate to close")
     saved = [gate.detach().clone() for gate in model.gates()]
     try:
         with torch.no_grad():

@@ -32,6 +32,8 @@ def gate_stats(model: InfiniTransformer) -> dict[str, float]:
     """Mean, min and max of sigmoid(gate) over every layer and head. Under FSDP2 the gates are
     sharded ``DTensor`` s, gathered whole here (a collective: every rank must call it)."""
     whole = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.gates()]
+    if not whole:  # a gateless baseline (local, transformer-xl, full, rmt)
+        return {}
     g = torch.sigmoid(torch.cat([p.detach().float().flatten() for p in whole]))
     return {"gate_mean": g.mean().item(), "gate_min": g.min().item(), "gate_max": g.max().item()}
 

@@ -303,8 +303,8 @@ def _train(
             gates = gate_stats(model)  # under FSDP2 a collective: every rank computes it
             tps = window_tokens / window_time if window_time > 0 else 0.0  # training only: no eval, no saves
             bar.update(1)
-            spread = f"{gates['gate_min']:.2f}..{gates['gate_max']:.2f}"
-            bar.set_postfix_str(f"loss {loss_value:.3f} | {tps:,.0f} tok/s | gates {spread}")
+            spread = f" | gates {gates['gate_min']:.2f}..{gates['gate_max']:.2f}" if gates else ""
+            bar.set_postfix_str(f"loss {loss_value:.3f} | {tps:,.0f} tok/s{spread}")
 
             final = step == stop
             # evaluations run alike on every rank (FSDP2's forward needs them all): the same numbers
@@ -344,8 +344,7 @@ def _train(
                     acc += f", copy loss {row['copy_loss']:.3f}" if "copy_loss" in row else ""
                     say(
                         f"step {step}/{stop}: loss {row['loss']:.4f}{acc}, lr {row['lr']:.2e}, "
-                        f"{tps:,.0f} tok/s, "
-                        f"gates {gates['gate_min']:.2f}..{gates['gate_max']:.2f}"
+                        f"{tps:,.0f} tok/s{spread.replace(' |', ',')}"
                     )
                 window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
                 window_hits, window_rows = 0, 0
