@@ -15,7 +15,7 @@ import sys
 from . import __version__
 
 # subcommand name -> module under infini_attention.commands
-COMMANDS = ["check", "data", "train", "convert", "eval", "generate", "plot", "demo"]
+COMMANDS = ["check", "data", "train", "convert", "eval", "generate", "plot", "demo", "bench"]
 
 
 class _Parser(argparse.ArgumentParser):
