@@ -70,8 +70,10 @@ class Tokenizer:
         return self._tk.to_str()
 
     def save(self, path: str | Path) -> None:
-        """Write ``tokenizer.json`` (the Hugging Face format) to ``path``."""
-        self._tk.save(str(path))
+        """Write ``tokenizer.json`` (the Hugging Face format) to ``path``, compact: without the
+        indentation a pretty file has, an 8K-entry BPE takes 226 KB instead of 546 KB (it counts
+        against the 5 MB a shipped checkpoint may take)."""
+        self._tk.save(str(path), pretty=False)
 
     def encode(self, text: str) -> list[int]:
         # No special tokens are added here: callers append eos_id at document ends.
