@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -149,7 +150,15 @@ def test_copied_checkpoints_load(run):
     out, report = run
     for name in table2.VARIANTS:
         folder = out / "ckpt" / name
-        assert sorted(p.name for p in folder.iterdir()) == sorted(table2.CHECKPOINT_FILES)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            [*table2.CHECKPOINT_FILES, table2.TRAINING_FILE]
+        )
+        saved = json.loads((folder / table2.TRAINING_FILE).read_text(encoding="utf-8"))
+        assert saved == report["variants"][name]["train"]  # how the copy was trained travels with it
+        assert (
+            saved["steps"] == STEPS
+            and saved["run"]["model"]["attention"] == report["variants"][name]["attention"]
+        )
         model, _ = load_pretrained(folder)
         assert model.config.attention == report["variants"][name]["attention"]
         stored = load_file(str(folder / "model.safetensors"))
@@ -175,6 +184,46 @@ def test_resume_and_skip_train(run, config, monkeypatch):
     assert main([*argv, "--skip-train", "--eval-tokens", "40"]) == 0
     report = json.loads((runs / "table2.json").read_text())
     assert report["variants"]["local"]["train"]["steps"] == STEPS + 1
+
+
+def test_evaluate_shipped_copies(run, config, tmp_path, monkeypatch):
+    """--checkpoints re-evaluates the shipped copies with no runs folder: the same numbers, and the
+    training summary read from each copy's training.json."""
+    out, report = run
+    shipped = tmp_path / "shipped"
+    for name in ("local", "infini-delta"):
+        shutil.copytree(out / "ckpt" / name, shipped / name)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--checkpoints trained")
+
+    monkeypatch.setattr(table2, "train_variant", no_training)
+    argv = [
+        "bench",
+        "table2",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "eval"),
+        "--eval-tokens",
+        "600",
+    ]
+    assert main([*argv, "--variants", "local,infini-delta", "--checkpoints", str(shipped)]) == 0
+    again = json.loads((tmp_path / "eval" / "table2.json").read_text(encoding="utf-8"))
+    for name in ("local", "infini-delta"):
+        row, before = again["variants"][name], report["variants"][name]
+        assert row["evaluated"] == str(shipped / name)
+        assert row["ppl"]["overall"]["ppl"] == before["ppl"]["overall"]["ppl"]
+        assert row["state"]["measured_bytes"] == before["state"]["measured_bytes"]
+        assert row["train"]["steps"] == STEPS and row["train"]["run"] == before["train"]["run"]
+    assert again["setup_differences"] == []
+    assert "--checkpoints" in again["meta"]["command"]
+    # a copy without training.json still evaluates; what is unknown is shown as "-"
+    (shipped / "local" / table2.TRAINING_FILE).unlink()
+    assert main([*argv, "--variants", "local", "--checkpoints", str(shipped)]) == 0
+    md = (tmp_path / "eval" / "table2.md").read_text(encoding="utf-8")
+    row = next(line for line in md.splitlines() if line.startswith("| **local** |"))
+    assert row.endswith("| - | - | - |")  # train time, tokens, steps
 
 
 def test_copy_refuses_large_checkpoints(run, tmp_path, monkeypatch):
@@ -263,6 +312,15 @@ def test_measure_state_bytes_whole_segments():
         ({"max_steps": 0}, r"--max-steps must be an int >= 1, got 0"),
         ({"eval_tokens": 1}, r"--eval-tokens must be an int >= 2, got 1"),
         ({"skip_train": True, "max_steps": 2}, "--max-steps limits training: it does nothing with"),
+        (
+            {"checkpoints": "x", "skip_train": True},
+            "shipped copies as they are: --skip-train",
+        ),
+        ({"checkpoints": "x", "copy_checkpoints": "y"}, "as they are: --copy-checkpoints does not apply"),
+        (
+            {"checkpoints": "/nonexistent", "variants": "rmt"},
+            r"--checkpoints: /nonexistent/rmt has no config",
+        ),
     ],
 )
 def test_bad_options(kwargs, message):

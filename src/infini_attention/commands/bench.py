@@ -54,6 +54,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "load_pretrained) to DIR/<variant>/, e.g. checkpoints/table2, and evaluate those copies; "
         "refused over 5 MB each",
     )
+    t2.add_argument(
+        "--checkpoints",
+        metavar="DIR",
+        help="evaluate the shipped copies DIR/<variant>/ as they are (e.g. checkpoints/table2), "
+        "without training or the runs folder; how they were trained comes from their training.json",
+    )
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -64,6 +70,7 @@ def _command_line(args: argparse.Namespace) -> str:
         ("--max-steps", args.max_steps),
         ("--eval-tokens", args.eval_tokens),
         ("--copy-checkpoints", args.copy_checkpoints),
+        ("--checkpoints", args.checkpoints),
     ):
         if value is not None:
             words += [flag, str(value)]
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         skip_train=args.skip_train,
         eval_tokens=args.eval_tokens,
         copy_checkpoints=args.copy_checkpoints,
+        checkpoints=args.checkpoints,
         command=_command_line(args),
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )

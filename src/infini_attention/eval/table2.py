@@ -47,6 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "rmt": {"attention": "rmt"},
 }
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what load_pretrained reads
+TRAINING_FILE = "training.json"  # beside a shipped copy: how it was trained (training_summary)
 CHECKPOINT_LIMIT = 5_000_000  # bytes per copied checkpoint (5 MB): what the repository accepts
 BENCH_FILE = "table2-train.json"  # per variant: training wall-clock summed over resumed sessions
 NEAR_HALF = 0.1  # a gate within 0.5 ± this is a "mixer near 0.5" in the summary
@@ -61,6 +62,7 @@ class Table2Options:
     skip_train: bool = False  # evaluate the existing checkpoints only
     eval_tokens: int | None = None  # evaluate at most this many held-out tokens (None: all)
     copy_checkpoints: str | None = None  # copy the final checkpoints here, one folder per variant
+    checkpoints: str | None = None  # evaluate the shipped copies DIR/<variant>/ as they are (no training)
     buckets: Sequence[int] = DEFAULT_BUCKETS
     command: str | None = None  # the command line, for the metadata
     log: Callable[[str], None] = field(default=print, repr=False)
@@ -97,6 +99,19 @@ def check_options(opts: Table2Options) -> list[str]:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if opts.skip_train and opts.max_steps is not None:
         raise ValueError("--max-steps limits training: it does nothing with --skip-train")
+    if opts.checkpoints is not None:
+        for flag, used in (
+            ("--max-steps", opts.max_steps is not None),
+            ("--skip-train", opts.skip_train),
+            ("--copy-checkpoints", opts.copy_checkpoints is not None),
+        ):
+            if used:
+                raise ValueError(f"--checkpoints evaluates shipped copies as they are: {flag} does not apply")
+        for v in variants:
+            folder = Path(opts.checkpoints).expanduser() / v
+            missing = [f for f in CHECKPOINT_FILES if not (folder / f).is_file()]
+            if missing:
+                raise ValueError(f"--checkpoints: {folder} has no {missing[0]} (not a shipped checkpoint)")
     if not opts.out:
         raise ValueError("--out must name a folder")
     return variants
@@ -226,6 +241,16 @@ def training_summary(out_dir: Path, checkpoint: Path) -> dict[str, Any]:
     }
 
 
+def shipped_summary(folder: Path) -> dict[str, Any]:
+    """The training summary stored beside a shipped copy (``TRAINING_FILE``); unknown fields None."""
+    saved = _read_json(folder / TRAINING_FILE) or {}
+    out = {k: saved.get(k) for k in ("steps", "tokens_trained", "train_seconds", "final_train_loss", "run")}
+    out["checkpoint"] = saved.get("checkpoint", str(folder))
+    if "note" in saved:
+        out["note"] = saved["note"]
+    return out
+
+
 def setup_differences(rows: dict[str, dict[str, Any]]) -> list[str]:
     """Settings in which the variants' training runs differ, besides the keys that pick the
     variant and the output folder: empty when every row was trained alike."""
@@ -238,7 +263,7 @@ def setup_differences(rows: dict[str, dict[str, Any]]) -> list[str]:
             run.get("model", {}).pop(key, None)
         return {f"[{sec}] {k}": v for sec, table in run.items() for k, v in table.items()}
 
-    setups = [setup(r["train"]["run"]) for r in rows.values()]
+    setups = [setup(r["train"].get("run")) for r in rows.values()]
     keys = sorted({k for x in setups for k in x})
     return [k for k in keys if len({json.dumps(x.get(k)) for x in setups}) > 1]
 
@@ -378,7 +403,12 @@ def markdown_table(rows: dict[str, dict[str, Any]], buckets: Sequence[int]) -> l
         cells += [_num(b["ppl"]) for b in r["ppl"]["buckets"]]
         cells += [_values(s["values"]), s["formula"], f"{s['measured_bytes']:,}"]
         cells += [_num(s["ratio_formula"], "{:.1f}×"), _num(s["ratio_measured"], "{:.1f}×")]
-        cells += [_duration(t["train_seconds"]), f"{t['tokens_trained']:,}", str(t["steps"])]
+        tokens, steps = t.get("tokens_trained"), t.get("steps")
+        cells += [
+            _duration(t.get("train_seconds")),
+            "-" if tokens is None else f"{tokens:,}",
+            str(steps or "-"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -512,19 +542,27 @@ def check_copy_size(config, variants: Sequence[str]) -> None:
             )
 
 
-def copy_checkpoints(checkpoints: dict[str, Path], dest: str | Path) -> dict[str, Path]:
+def copy_checkpoints(
+    checkpoints: dict[str, Path], dest: str | Path, summaries: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Path]:
     """Ship each ``variant -> checkpoint folder`` as ``dest/<variant>/``: config, tokenizer and the
     weights stored in bfloat16 (``save_pretrained``; JSON and safetensors only, no optimizer state),
     written atomically. Every copy is checked against the size limit; an oversized one is removed and
     nothing after it is written. The harness then evaluates these copies, so the table is exactly
-    what ``load_pretrained`` gives anyone who re-evaluates them."""
+    what ``load_pretrained`` gives anyone who re-evaluates them. ``summaries`` (variant -> its
+    ``training_summary``) is written beside each copy as ``TRAINING_FILE``, so a copy says how it was
+    trained when the training runs are gone (``--checkpoints``)."""
     from ..pretrained import load_pretrained, save_pretrained
 
     copied = {}
     for variant, folder in checkpoints.items():
         model, tokenizer = load_pretrained(folder)
         target = save_pretrained(model, tokenizer, Path(dest) / variant, dtype=torch.bfloat16)
-        size = sum((target / f).stat().st_size for f in CHECKPOINT_FILES)
+        if summaries and variant in summaries:
+            (target / TRAINING_FILE).write_text(
+                json.dumps(_json_safe(summaries[variant]), indent=1) + "\n", encoding="utf-8"
+            )
+        size = sum(f.stat().st_size for f in target.iterdir())
         if size > CHECKPOINT_LIMIT:
             shutil.rmtree(target)
             raise ValueError(
@@ -548,19 +586,26 @@ def run_table2(opts: Table2Options) -> dict[str, Any]:
     configs = {v: variant_config(base, v, out / v) for v in variants}  # validates them all first
     if opts.copy_checkpoints and not opts.skip_train:
         check_copy_size(base, variants)
-    if not opts.skip_train:
-        for i, v in enumerate(variants, 1):
-            opts.log(f"[table2] training {v} ({i}/{len(variants)}) into {out / v}")
-            train_variant(configs[v], out / v, opts.max_steps, opts.log)
-    checkpoints = {v: final_checkpoint(out / v, v) for v in variants}
+    if opts.checkpoints is not None:  # shipped copies, evaluated as they are
+        evaluated = {v: Path(opts.checkpoints).expanduser() / v for v in variants}
+        summaries = {v: shipped_summary(evaluated[v]) for v in variants}
+    else:
+        if not opts.skip_train:
+            for i, v in enumerate(variants, 1):
+                opts.log(f"[table2] training {v} ({i}/{len(variants)}) into {out / v}")
+                train_variant(configs[v], out / v, opts.max_steps, opts.log)
+        checkpoints = {v: final_checkpoint(out / v, v) for v in variants}
+        summaries = {v: training_summary(out / v, checkpoints[v]) for v in variants}
+        # shipped copies (bfloat16) are what is evaluated: anyone re-evaluating them gets the same table
+        evaluated = checkpoints
+        if opts.copy_checkpoints:
+            evaluated = copy_checkpoints(checkpoints, opts.copy_checkpoints, summaries)
     out.mkdir(parents=True, exist_ok=True)
-    # shipped copies (bfloat16) are what is evaluated: anyone re-evaluating them gets the same table
-    evaluated = copy_checkpoints(checkpoints, opts.copy_checkpoints) if opts.copy_checkpoints else checkpoints
     rows = {}
     for i, v in enumerate(variants, 1):
         opts.log(f"[table2] evaluating {v} ({i}/{len(variants)}) from {evaluated[v]}")
         row = evaluate_variant(v, configs[v], evaluated[v], opts, out)
-        row["train"] = training_summary(out / v, checkpoints[v])
+        row["train"] = summaries[v]
         row["evaluated"] = str(evaluated[v])
         rows[v] = row
     add_ratios(rows)
