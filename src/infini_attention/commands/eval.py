@@ -1,4 +1,5 @@
-"""``infini eval ppl|passkey``: streamed perplexity by position (memory on/off); passkey retrieval."""
+"""``infini eval ppl|passkey|summarize``: streamed perplexity by position (memory on/off); passkey
+retrieval; abstractive summarisation scored with ROUGE."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import sys
 from pathlib import Path
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint folder or shipped name ('default')")
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help="checkpoint folder or shipped name ('default')")
     p.add_argument("--device", default=None, help="torch device (default: where load_pretrained puts it)")
 
 
@@ -130,6 +131,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     pk.add_argument("--plot", metavar="PNG", default=None, help="also write the accuracy heatmap")
     pk.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON")
+    add_summarize_parser(actions)
 
 
 def parse_passkey_args(args: argparse.Namespace) -> tuple[list[int], list[str]]:
@@ -203,6 +205,16 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    if args.eval_command == "summarize":
+        from ..eval.summarize import format_summary_table, write_json_atomic
+
+        results = run_summarize(args)
+        print(format_summary_table(results))
+        if args.json:
+            write_json_atomic(args.json, results)
+            print(f"results written to {args.json}")
+        return 0
+
     if args.eval_command == "ppl":
         from ..eval.perplexity import format_ppl_table
 
@@ -256,3 +268,221 @@ def run(args: argparse.Namespace) -> int:
 
         plot_passkey(results, args.plot)
     return 0
+
+
+# ---- infini eval summarize ----------------------------------------------------------------------
+
+# flags that only make sense when a model writes the summaries (rejected with --baseline lead)
+_MODEL_ONLY = {
+    "model": "--model",
+    "device": "--device",
+    "memory_off": "--memory-off",
+    "greedy": "--greedy",
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+    "max_new_tokens": "--max-new-tokens",
+    "max_input_tokens": "--max-input-tokens",
+}
+
+
+def add_summarize_parser(actions: argparse._SubParsersAction) -> None:
+    from ..eval.summarize import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+
+    sm = actions.add_parser(
+        "summarize",
+        help="abstractive summarisation scored with ROUGE-1/2/L/Lsum (aclsum or a .jsonl file)",
+        description="Stream each document through the model (any length, bounded memory), decode a "
+        "summary after an 'Abstract:' cue and score it against the reference with ROUGE F-measures; "
+        "'overall' is the geometric mean of R-1, R-2 and R-L, as in the paper's Table 4. "
+        "--baseline lead scores the document's first sentences instead (no model).",
+    )
+    add_model_args(sm, required=False)
+    sm.add_argument(
+        "--data", required=True, help="'aclsum' (pip install --no-deps aclsum==0.1.2) or a .jsonl file"
+    )
+    sm.add_argument(
+        "--split", choices=["train", "val", "test"], default=None, help="aclsum split (default: test)"
+    )
+    sm.add_argument(
+        "--document-field", default=None, help="the .jsonl field holding the document (default: document)"
+    )
+    sm.add_argument(
+        "--summary-field", default=None, help="the .jsonl field holding the summary (default: summary)"
+    )
+    sm.add_argument("--limit", type=int, default=None, help="evaluate only the first N documents")
+    sm.add_argument(
+        "--max-input-tokens",
+        type=int,
+        default=None,
+        help="keep the first K tokens of each document (default: all of it; the memory streams any length)",
+    )
+    sm.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"sampling temperature (default: {DEFAULT_TEMPERATURE}, the paper's; 0 is greedy)",
+    )
+    sm.add_argument(
+        "--top-p", type=float, default=None, help=f"nucleus sampling mass (default: {DEFAULT_TOP_P})"
+    )
+    sm.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    sm.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"stop a summary after this many tokens, unless EOS comes first "
+        f"(default: {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    sm.add_argument(
+        "--memory-off", action="store_true", help="ablation: gate the memory off (local attention only)"
+    )
+    sm.add_argument(
+        "--baseline",
+        choices=["lead"],
+        default=None,
+        help="score the first sentences of each document, up to the median reference length (no model)",
+    )
+    sm.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    sm.add_argument(
+        "--json", metavar="OUT", default=None, help="also write settings, scores and summaries as JSON"
+    )
+
+
+def check_summarize_args(args: argparse.Namespace) -> None:
+    """Every argument error of ``eval summarize``, found before any data or model is loaded."""
+    if args.baseline is not None:
+        given = [flag for name, flag in _MODEL_ONLY.items() if getattr(args, name) not in (None, False)]
+        if given:
+            raise ValueError(f"{given[0]} applies to model summaries, not to --baseline {args.baseline}")
+    elif args.model is None:
+        raise ValueError("--model is required (or --baseline lead)")
+    if args.greedy and (args.temperature is not None or args.top_p is not None):
+        raise ValueError("--greedy cannot be combined with --temperature or --top-p")
+    if args.temperature is not None and not args.temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    for name in ("limit", "max_input_tokens", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.data == "aclsum":
+        for name in ("document_field", "summary_field"):
+            if getattr(args, name) is not None:
+                raise ValueError(f"--{name.replace('_', '-')} applies to a .jsonl file, not to aclsum")
+    elif not args.data.endswith(".jsonl"):
+        raise ValueError(f"--data must be 'aclsum' or a .jsonl file, got {args.data!r}")
+    elif args.split is not None:
+        raise ValueError("--split applies to aclsum; a .jsonl file is evaluated whole")
+    _check_out(args.json)
+
+
+def load_summary_docs(args: argparse.Namespace):
+    from ..data.summaries import load_aclsum, load_jsonl
+
+    if args.data == "aclsum":
+        docs = load_aclsum(args.split or "test")
+    else:
+        docs = load_jsonl(args.data, args.document_field or "document", args.summary_field or "summary")
+    return docs[: args.limit]
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command, rebuilt from the parsed arguments (also right when called as ``main([...])``)."""
+    import shlex
+
+    words = ["infini", "eval", "summarize"]
+    for name, value in vars(args).items():
+        if name in ("command", "eval_command") or value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        words += [flag] if value is True else [flag, str(value)]
+    return shlex.join(words)
+
+
+def run_summarize(args: argparse.Namespace) -> dict:
+    """Validate, load the documents (then the model), summarise and score.
+
+    Returns ``{"meta": settings, "aggregate": mean scores, "documents": per-document records}``.
+    """
+    import contextlib
+    import datetime
+
+    import torch
+
+    from .. import __version__
+    from ..eval import summarize as sm
+
+    check_summarize_args(args)
+    docs = load_summary_docs(args)
+    greedy = args.greedy or args.temperature == 0
+    decoding = None
+    if args.baseline is None:
+        decoding = {
+            "temperature": 0.0 if greedy else (args.temperature or sm.DEFAULT_TEMPERATURE),
+            "top_p": 1.0 if greedy else (args.top_p or sm.DEFAULT_TOP_P),
+            "greedy": greedy,
+            "max_new_tokens": args.max_new_tokens or sm.DEFAULT_MAX_NEW_TOKENS,
+        }
+    meta = {
+        "command": _command_line(args),
+        "model": args.model,
+        "baseline": args.baseline,
+        "data": args.data,
+        "split": (args.split or "test") if args.data == "aclsum" else None,
+        "limit": args.limit,
+        "max_input_tokens": args.max_input_tokens,
+        "prompt_suffix": sm.PROMPT_SUFFIX if args.baseline is None else None,
+        "decoding": decoding,
+        "seed": args.seed,
+        "memory_off": bool(args.memory_off) if args.baseline is None else None,
+        "rouge": {"types": list(sm.ROUGE_TYPES), "use_stemmer": True, "scores": "F-measure in [0, 1]"},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "infini_attention": __version__,
+    }
+
+    def progress(i: int, record: dict) -> None:
+        tokens = "" if record["input_tokens"] is None else f"{record['input_tokens']:,} tokens"
+        tokens += " (truncated)" if record["truncated"] else ""
+        print(
+            f"  [{i + 1}/{len(docs)}] {record['id']}: {tokens + ', ' if tokens else ''}"
+            f"R-1 {100 * record['rouge1']:.1f} R-2 {100 * record['rouge2']:.1f} "
+            f"R-L {100 * record['rougeL']:.1f} ({record['seconds']:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    with contextlib.ExitStack() as stack:
+        if args.baseline == "lead":
+            n_words = sm.lead_words(doc.summary for doc in docs)
+            meta["lead_words"] = n_words
+
+            def predict(doc):
+                return sm.lead_summary(doc.document, n_words), None, False
+        else:
+            model, tokenizer = load_model(args)
+            device = next(model.parameters()).device
+            if args.memory_off:
+                from ..models.transformer import memory_disabled
+
+                stack.enter_context(memory_disabled(model))
+
+            def predict(doc):
+                prompt, _, truncated = sm.prompt_ids(tokenizer, doc.document, args.max_input_tokens)
+                generator = None
+                if not decoding["greedy"]:
+                    generator = torch.Generator(device=device).manual_seed(sm.sample_seed(args.seed, doc.id))
+                text = sm.generate_summary(
+                    model,
+                    tokenizer,
+                    prompt,
+                    max_new_tokens=decoding["max_new_tokens"],
+                    temperature=decoding["temperature"],
+                    top_p=decoding["top_p"],
+                    generator=generator,
+                )
+                return text, len(prompt), truncated
+
+        results = sm.evaluate_summaries(docs, predict, progress)
+    return {"meta": meta, **results}
