@@ -148,7 +148,11 @@ def test_unknown_names_are_errors(tmp_path, old, new, message):
             r"\[train\] eval_every must be an int >= 0, got -1",
         ),
         ('corpus = "data/excerpt"', "corpus = 3", r"\[data\] corpus must be a non-empty string, got 3"),
-        ("seq_len = 64", 'seq_len = 64\ntask = "qa"', r"\[data\] task must be one of \('lm', 'passkey'\)"),
+        (
+            "seq_len = 64",
+            'seq_len = 64\ntask = "qa"',
+            r"\[data\] task must be one of \('lm', 'passkey', 'summarize'\)",
+        ),
         ("seq_len = 64", "seq_len = 64\nlm_every = 2", r"lm_every only applies to task = \"passkey\""),
         ("seq_len = 64", "seq_len = 64\ncopy_every = -1", r"\[data\] copy_every must be an int >= 0"),
         ("seq_len = 64", "seq_len = 64\npasskey_word_keys = 2", r"passkey_word_keys must be a number >= 0"),

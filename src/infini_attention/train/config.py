@@ -21,7 +21,8 @@ from ..models.config import ModelConfig
 
 AUTOCAST = ("none", "bf16")
 DIST = ("none", "ddp", "fsdp")
-TASKS = ("lm", "passkey")
+TASKS = ("lm", "passkey", "summarize")
+SUMMARY_SPLITS = ("train", "val", "test")  # ACLSum's (data/summaries.py)
 # vocab_size stand-in used to validate [model] before the tokenizer is known
 _VOCAB_PLACEHOLDER = 257
 
@@ -72,10 +73,12 @@ class DataConfig:
     seq_len: int = 2048  # L: tokens per training row (a multiple of the model's segment_len)
     cache_dir: str | None = None  # prepared-data cache (None: $INFINI_CACHE or ~/.cache/infini-attention)
     # "lm": language modelling on the corpus; "passkey": passkey prompts (data/passkey_task.py), loss on
-    # the answer only, row lengths drawn in [passkey_min_len, seq_len] (0: one segment)
+    # the answer only, row lengths drawn in [passkey_min_len, seq_len] (0: one segment); "summarize":
+    # document -> summary rows (data/summary_task.py), loss on the summary (+ EOS) only
     task: str = "lm"
     passkey_min_len: int = 0
-    lm_every: int = 0  # with task "passkey": every k-th step is a language-modelling batch (0: never)
+    # with task "passkey" or "summarize": every k-th step is a language-modelling batch (0: never)
+    lm_every: int = 0
     passkey_word_keys: float = 0.0  # share of passkey rows whose key is 3-12 random words, not 5 digits
     passkey_copy_targets: bool = False  # also train on the key's second mention (local copying)
     # every k-th step a batch of repeated random sequences (data/copy_task.py): grows the induction
@@ -84,6 +87,13 @@ class DataConfig:
     copy_min_period: int = 8
     copy_max_period: int = 0
     copy_seq_len: int = 0  # copy rows' length (a multiple of N; 0: seq_len)
+    # task "summarize": "aclsum" (its summary_split; evaluated on "val") or a .jsonl file of
+    # {summary_document_field, summary_summary_field} records (evaluated on its own documents)
+    summary_data: str = "aclsum"
+    summary_split: str = "train"
+    summary_max_input_tokens: int = 0  # document tokens kept per row (0: as many as fit in seq_len)
+    summary_document_field: str = "document"
+    summary_summary_field: str = "summary"
 
     def __post_init__(self) -> None:
         s = "data"
@@ -92,7 +102,8 @@ class DataConfig:
         _int(s, "passkey_min_len", self.passkey_min_len, minimum=0)
         _int(s, "lm_every", self.lm_every, minimum=0)
         if self.lm_every and self.task == "lm":
-            raise ValueError('[data] lm_every only applies to task = "passkey"')
+            raise ValueError('[data] lm_every only applies to task = "passkey" or "summarize"')
+        self._check_summary()
         _float(s, "passkey_word_keys", self.passkey_word_keys, hi=1.0)
         _bool(s, "passkey_copy_targets", self.passkey_copy_targets)
         _int(s, "copy_every", self.copy_every, minimum=0)
@@ -106,6 +117,30 @@ class DataConfig:
         _str(s, "text_field", self.text_field)
         _int(s, "seq_len", self.seq_len)
         _str(s, "cache_dir", self.cache_dir, optional=True)
+
+    def _check_summary(self) -> None:
+        s = "data"
+        for key in ("summary_data", "summary_split", "summary_document_field", "summary_summary_field"):
+            _str(s, key, getattr(self, key))
+        _int(s, "summary_max_input_tokens", self.summary_max_input_tokens, minimum=0)
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name.startswith("summary_")}
+        changed = [k for k, v in defaults.items() if getattr(self, k) != v]
+        if changed and self.task != "summarize":
+            raise ValueError(f'[data] {changed[0]} only applies to task = "summarize"')
+        if self.summary_data == "aclsum":
+            if self.summary_split not in SUMMARY_SPLITS:
+                raise ValueError(
+                    f"[data] summary_split must be one of {SUMMARY_SPLITS}, got {self.summary_split!r}"
+                )
+            for key in ("summary_document_field", "summary_summary_field"):
+                if key in changed:
+                    raise ValueError(f"[data] {key} applies to a .jsonl summary_data, not to aclsum")
+        elif not self.summary_data.endswith(".jsonl"):
+            raise ValueError(
+                f'[data] summary_data must be "aclsum" or a .jsonl file, got {self.summary_data!r}'
+            )
+        elif "summary_split" in changed:
+            raise ValueError("[data] summary_split applies to aclsum; a .jsonl file is read whole")
 
 
 @dataclass
@@ -335,6 +370,8 @@ def load_config(path: str | Path) -> RunConfig:
     config.data.corpus = _resolve_path(config.data.corpus, base)
     if config.data.tokenizer is not None:
         config.data.tokenizer = _resolve_path(config.data.tokenizer, base)
+    if config.data.summary_data != "aclsum":
+        config.data.summary_data = _resolve_path(config.data.summary_data, base)
     if config.train.init_from is not None and config.train.init_from != "default":
         config.train.init_from = _resolve_path(config.train.init_from, base)
     if config.train.out_dir is None:

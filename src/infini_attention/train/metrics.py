@@ -21,6 +21,7 @@ FIELDS = [
     "passkey_acc",
     "eval_passkey_acc",
     "copy_loss",
+    "eval_summary_loss",
 ]
 _TB_TAGS = {
     "loss": "train/loss",
@@ -36,6 +37,7 @@ _TB_TAGS = {
     "passkey_acc": "train/passkey_acc",
     "eval_passkey_acc": "eval/passkey_acc",
     "copy_loss": "train/copy_loss",
+    "eval_summary_loss": "eval/summary_loss",
 }
 
 

@@ -94,3 +94,34 @@ def evaluate_passkey(
     finally:
         model.train(was_training)
     return hits / done
+
+
+@torch.no_grad()
+def evaluate_summary(model: InfiniTransformer, sampler, max_tokens: int) -> dict:
+    """Mean cross-entropy of the summary (+EOS) tokens of ``sampler``'s documents, taken in order,
+    a batch at a time, until at least ``max_tokens`` summary tokens are scored (or every document
+    is): the same rows at every evaluation, so the numbers compare across steps."""
+    from ..data.packing import IGNORE
+    from ..data.passkey_task import answer_span
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for first in range(0, sampler.num_docs, sampler.batch_size):
+            if count >= max_tokens:
+                break
+            indices = list(range(first, min(first + sampler.batch_size, sampler.num_docs)))
+            batch = sampler.batch(indices).to(device)
+            keep = answer_span(batch.labels)
+            out = model(batch.input_ids, None, pad_mask=batch.pad_mask, logits_to_keep=keep)
+            labels = batch.labels[:, -keep:]
+            nll = torch.nn.functional.cross_entropy(
+                out.logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+            )
+            total += float(nll)
+            count += int((labels != IGNORE).sum())
+    finally:
+        model.train(was_training)
+    return {"eval_summary_loss": total / max(count, 1), "eval_summary_tokens": count}

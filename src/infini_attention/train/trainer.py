@@ -12,6 +12,7 @@ and writes checkpoints, in the single-process format.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -23,9 +24,9 @@ import torch
 from ..models import InfiniTransformer
 from . import checkpoint as ckpt
 from . import distributed
-from .config import RunConfig
+from .config import DataConfig, RunConfig
 from .metrics import MetricsLog
-from .runtime import autocast, evaluate, evaluate_passkey, gate_stats
+from .runtime import autocast, evaluate, evaluate_passkey, evaluate_summary, gate_stats
 from .schedule import Schedule, build_optimizer
 
 
@@ -39,7 +40,9 @@ def _check_resumable(config: RunConfig, saved: dict, model_config: dict) -> None
         )
     old = saved.get("run", {}).get("data", {})
     now = config.to_dict()["data"]
-    diff = [k for k in now if k != "cache_dir" and old.get(k) != now[k]]
+    # a key newer than the checkpoint (e.g. summary_*) had its default value when that was written
+    defaults = dataclasses.asdict(DataConfig())
+    diff = [k for k in now if k != "cache_dir" and old.get(k, defaults.get(k)) != now[k]]
     if diff:
         raise ValueError(
             f"cannot resume: [data] {diff[0]} differs from the checkpoint's ({old.get(diff[0])!r} -> "
@@ -105,6 +108,7 @@ def _train(
     from ..data.copy_task import CopySampler
     from ..data.packing import IGNORE, SequenceSampler
     from ..data.passkey_task import PasskeySampler, answer_span, only_answer, retrieved
+    from ..data.summary_task import SummarySampler, load_summary_docs
     from ..data.tokenizer import Tokenizer
     from ..pretrained import load_weights, read_model_config, resolve_checkpoint
 
@@ -178,6 +182,27 @@ def _train(
             rank=dist.rank,
             world_size=dist.world_size,
         )
+    summary_eval = None  # task "summarize": the sampler whose rows the evaluation scores
+    if d.task == "summarize":
+        fields = (d.summary_document_field, d.summary_summary_field)
+        max_input = d.summary_max_input_tokens or None
+        samplers["sampler"] = SummarySampler(
+            tokenizer,
+            load_summary_docs(d.summary_data, d.summary_split, *fields),
+            d.seq_len,
+            N,
+            rows_per_rank,
+            tc.seed,
+            max_input_tokens=max_input,
+            rank=dist.rank,
+            world_size=dist.world_size,
+        )
+        if tc.eval_tokens:  # aclsum: the val split; a .jsonl file: its own documents (it has no split)
+            eval_docs = load_summary_docs(d.summary_data, "val", *fields)
+            # every rank scores the same rows (the evaluation runs alike on all, as passkey's does)
+            summary_eval = SummarySampler(
+                tokenizer, eval_docs, d.seq_len, N, tc.batch_size, tc.seed, max_input_tokens=max_input
+            )
     if d.copy_every:
         eos = getattr(tokenizer, "eos_id", None)
         samplers["copy_sampler"] = CopySampler(
@@ -211,7 +236,12 @@ def _train(
         what = f"{data.train.num_tokens:,} train tokens in {samplers['sampler'].num_rows} rows of {d.seq_len}"
     else:
         mix = f", language modelling every {d.lm_every} steps" if d.lm_every else ""
-        what = f"passkey prompts of {samplers['sampler'].min_len}-{d.seq_len} tokens{mix}"
+        if d.task == "summarize":
+            source_name = "aclsum " + d.summary_split if d.summary_data == "aclsum" else d.summary_data
+            n_docs = samplers["sampler"].num_docs
+            what = f"{n_docs} documents to summarise ({source_name}) in rows of up to {d.seq_len} tokens{mix}"
+        else:
+            what = f"passkey prompts of {samplers['sampler'].min_len}-{d.seq_len} tokens{mix}"
     where = f"device {device}"
     if dist.active:
         procs = f"{dist.world_size} process{'es' if dist.world_size > 1 else ''}"
@@ -238,7 +268,7 @@ def _train(
     window_hits, window_rows = 0, 0  # passkey rows retrieved (teacher-forced argmax) since then
     window_copy: list[float] = []  # losses of the copy-task steps since then
     lm_eval = tc.eval_tokens > 0 and data is not None
-    can_eval = lm_eval or d.task == "passkey"  # passkey fine-tuning always checks retrieval
+    can_eval = lm_eval or d.task == "passkey" or summary_eval is not None  # passkey: always retrieval
     net.train()
     try:
         while step < stop:
@@ -247,8 +277,11 @@ def _train(
             source = _source(d, step)
             batch = samplers[source].next_batch().to(device)
             passkey_step = d.task == "passkey" and source == "sampler"
-            # passkey rows: logits for the answer only (unless the key's mention is a target too)
-            keep = answer_span(batch.labels) if passkey_step and not d.passkey_copy_targets else 0
+            # passkey rows: logits for the answer only (unless the key's mention is a target too);
+            # summary rows: from the first summary token on (the documents' logits are never scored)
+            summary_step = d.task == "summarize" and source == "sampler"
+            answer_only = (passkey_step and not d.passkey_copy_targets) or summary_step
+            keep = answer_span(batch.labels) if answer_only else 0
             run = distributed.same_chunks(batch, dist) if dist.mode == "fsdp" else batch
             with autocast(config, device):
                 out = net(
@@ -336,6 +369,14 @@ def _train(
                     row["eval_passkey_acc"] = acc
                     say(
                         f"step {step}: passkey retrieval, held-out {d.seq_len}-token prompts {100 * acc:.1f}%"
+                    )
+                if do_eval and summary_eval is not None:
+                    result = evaluate_summary(model, summary_eval, tc.eval_tokens)
+                    row["eval_summary_loss"] = result["eval_summary_loss"]
+                    on = "aclsum val" if d.summary_data == "aclsum" else "the training .jsonl, not held out"
+                    say(
+                        f"step {step}: eval summary loss {result['eval_summary_loss']:.4f} "
+                        f"({result['eval_summary_tokens']:,} summary tokens of {on})"
                     )
                 if metrics is not None:
                     metrics.write(row)
