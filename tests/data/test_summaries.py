@@ -29,6 +29,19 @@ def test_jsonl_custom_fields(tmp_path):
     assert load_jsonl(path, "article", "highlights") == [SummaryDoc("1", "Long text.", "Short.")]
 
 
+def test_jsonl_optional_title(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    write_jsonl(
+        path,
+        [
+            {"document": "D.", "summary": "S.", "title": " My\n paper "},
+            {"document": "E.", "summary": "T.", "title": 3},
+        ],
+    )
+    docs = load_jsonl(path)
+    assert [d.title for d in docs] == ["My paper", ""]  # a non-string title is no title
+
+
 @pytest.mark.parametrize(
     "records, match",
     [
@@ -68,7 +81,14 @@ def fake_aclsum(tmp_path):
     (root / "paper_jsons").mkdir(parents=True)
     # the jsonl's abstract sentences are PTB-tokenised; the loader must not use them
     write_jsonl(
-        root / "test.jsonl", [{"id": "P1", "sentences": {"abstract": ["Plain abstract , as written ."]}}]
+        root / "test.jsonl",
+        [
+            {
+                "id": "P1",
+                "title": "A  Title\nOn Two Lines",
+                "sentences": {"abstract": ["Plain abstract , as written ."]},
+            }
+        ],
     )
     write_jsonl(root / "val.jsonl", [])
     (root / "paper_jsons" / "P1.json").write_text(json.dumps(fake_paper()), encoding="utf-8")
@@ -76,8 +96,10 @@ def fake_aclsum(tmp_path):
 
 
 def test_aclsum_document_is_the_body_and_summary_the_abstract(fake_aclsum):
-    doc = SummaryDoc("P1", "First paragraph.\n\nSecond one.", "Plain abstract, as written.")
-    assert load_aclsum("test", root=fake_aclsum) == [doc]
+    doc = SummaryDoc(
+        "P1", "First paragraph.\n\nSecond one.", "Plain abstract, as written.", "A Title On Two Lines"
+    )
+    assert load_aclsum("test", root=fake_aclsum) == [doc]  # the title's whitespace collapsed
 
 
 def test_aclsum_errors(fake_aclsum):

@@ -189,3 +189,17 @@ def test_bpe_rows_match_the_evaluation_prompt():
     real = len(prompt) + len(target)
     assert b.input_ids[0, :real].tolist() == prompt + target and b.pad_mask[0, real:].all()
     assert b.labels[0, len(prompt) - 1 : real - 1].tolist() == target
+
+
+def test_titled_rows_keep_header_and_cue_whole():
+    """A titled document's row is build_prompt(..., title) + target; only the document is ever cut."""
+    doc = SummaryDoc("0", "word " * 40, "The summary. " * 3, "Some Title")
+    b = SummarySampler(TOK, [doc], 128, 16, 1, 0).next_batch()
+    target = TOK.encode(doc.summary) + [TOK.eos_id]
+    room = 128 - len(target) - len(TOK.encode("Title: Some Title\n\n\n\nTitle: Some Title\nAbstract:\n"))
+    prompt = build_prompt(TOK, doc.document, room, title=doc.title)
+    real = len(prompt) + len(target)
+    assert real == 128 and b.input_ids[0].tolist() == prompt + target
+    assert b.labels[0, len(prompt) - 1 : real - 1].tolist() == target
+    with pytest.raises(ValueError, match="cannot hold document '0'.s title header and cue"):
+        SummarySampler(TOK, [SummaryDoc("0", "w", "s", "T" * 200)], 128, 16, 1, 0).next_batch()

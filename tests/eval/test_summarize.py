@@ -89,6 +89,58 @@ def test_build_prompt_keeps_the_beginning():
     assert sm.prompt_ids(tok, "abcdef", 6) == (list(b"abcdef") + suffix, 6, False)
 
 
+def test_titled_prompt_frames_the_document_and_names_it_in_the_cue():
+    tok = ByteTokenizer()
+    head, cue = list(b"Title: T\n\n"), list(b"\n\nTitle: T\nAbstract:\n")
+    assert sm.build_prompt(tok, "abcdef", 2, title="T") == head + [97, 98] + cue  # K counts the document
+    assert sm.prompt_ids(tok, "abcdef", None, "T") == (head + list(b"abcdef") + cue, 6, False)
+    assert sm.prompt_frame("") == ("", sm.PROMPT_SUFFIX) and cue[-len(b"Abstract:\n") :] == list(
+        b"Abstract:\n"
+    )
+
+
+def _papers(n: int) -> list[SummaryDoc]:
+    return [SummaryDoc(f"p{i}", f"{chr(97 + i)}" * (20 + 7 * i), "s", f"P{i}") for i in range(n)]
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
+def test_haystack_places_the_whole_target_and_has_the_exact_length(depth):
+    tok = ByteTokenizer()
+    target = SummaryDoc("t", "TARGET BODY " * 5, "ref", "Mine")
+    others = [target, *_papers(6)]  # the target itself is never a distractor
+    hay = sm.haystack_prompt(tok, target, others, 1000, depth, seed=3)
+    block = sm.build_prompt(tok, target.document, title="Mine")
+    cue = list(b"\n\nTitle: Mine\nAbstract:\n")
+    assert len(hay.ids) == 1000 and hay.ids[-len(cue) :] == cue
+    assert hay.ids[hay.target_start : hay.target_start + hay.target_tokens] == block[: -len(cue)]
+    assert bytes(hay.ids).count(b"TARGET") == 5 and bytes(hay.ids).count(b"Title: Mine") == 2
+    filler = 1000 - hay.target_tokens - len(cue)
+    if depth == 0.0:
+        assert hay.target_start == 0
+    elif depth == 1.0:
+        assert hay.target_start + hay.target_tokens == 1000 - len(cue)
+    else:  # a paper boundary near depth * filler: no paper here is longer than 69 tokens + separator
+        assert abs(hay.target_start - depth * filler) <= 72
+        assert bytes(hay.ids[hay.target_start - 2 : hay.target_start]) == b"\n\n"
+    assert hay.distractors > 6 and not hay.truncated  # 6 short papers repeat to fill 1000 tokens
+    again = sm.haystack_prompt(tok, target, others, 1000, depth, seed=3)
+    other = sm.haystack_prompt(tok, target, others, 1000, depth, seed=4)
+    assert again == hay and other.ids != hay.ids  # the order is drawn from (seed, target id)
+
+
+def test_haystack_errors_and_truncation():
+    tok = ByteTokenizer()
+    target = SummaryDoc("t", "x" * 50, "ref", "T")
+    with pytest.raises(ValueError, match="cannot hold document 't'"):
+        sm.haystack_prompt(tok, target, _papers(2), 80, 0.5)
+    with pytest.raises(ValueError, match="no other documents"):
+        sm.haystack_prompt(tok, target, [target], 500, 0.5)
+    with pytest.raises(ValueError, match=r"depth must be in \[0, 1\]"):
+        sm.haystack_prompt(tok, target, _papers(2), 500, 1.5)
+    cut = sm.haystack_prompt(tok, target, _papers(2), 500, 0.5, max_input_tokens=10)
+    assert cut.truncated and cut.target_tokens == len(b"Title: T\n\n") + 10 and len(cut.ids) == 500
+
+
 def test_lead_baseline():
     assert sm.lead_words(["one two three", "a b c d e", "x"]) == 3
     assert sm.lead_words(["a b", "a b c d e"]) == 4  # median 3.5 rounds to 4 (half to even)
@@ -237,10 +289,26 @@ def test_cli_memory_off_and_lead_baseline(tiny, tmp_path, monkeypatch):
     )  # 2 of 6 words, 2 of 2
 
 
+def test_cli_haystack_embeds_each_document_among_the_others(tiny, tmp_path):
+    # a .jsonl's haystack is its other records; the whole prompt is --haystack-tokens long
+    r = run_cli(tiny, tmp_path, "hay", "--greedy", "--haystack-tokens", "160", "--haystack-depth", "0")
+    assert r["meta"]["haystack"] == {"tokens": 160, "depth": 0.0, "pool": 3}
+    for d in r["documents"]:
+        assert d["input_tokens"] == 160 and d["target_start"] == 0 and d["target_tokens"] > 20
+    last = run_cli(tiny, tmp_path, "last", "--greedy", "--haystack-tokens", "160", "--haystack-depth", "1")
+    suffix = len(tiny["tokenizer"].encode(sm.PROMPT_SUFFIX))
+    for d in last["documents"]:  # untitled documents: the plain cue right after the document
+        assert d["target_start"] + d["target_tokens"] == 160 - suffix
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [
         ([], "--model is required (or --baseline lead)"),
+        (["--model", "M", "--haystack-depth", "0.5"], "--haystack-depth applies with --haystack-tokens"),
+        (["--model", "M", "--haystack-tokens", "1K", "--haystack-depth", "2"], "--haystack-depth must be in"),
+        (["--model", "M", "--haystack-tokens", "lots"], "lengths must be positive ints"),
+        (["--baseline", "lead", "--haystack-tokens", "1K"], "--haystack-tokens applies to model summaries"),
         (["--model", "M", "--greedy", "--temperature", "0.7"], "--greedy cannot be combined"),
         (["--model", "M", "--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
         (["--model", "M", "--temperature", "-1"], "--temperature must be >= 0"),

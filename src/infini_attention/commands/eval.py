@@ -282,6 +282,8 @@ _MODEL_ONLY = {
     "top_p": "--top-p",
     "max_new_tokens": "--max-new-tokens",
     "max_input_tokens": "--max-input-tokens",
+    "haystack_tokens": "--haystack-tokens",
+    "haystack_depth": "--haystack-depth",
 }
 
 
@@ -337,6 +339,18 @@ def add_summarize_parser(actions: argparse._SubParsersAction) -> None:
         "--memory-off", action="store_true", help="ablation: gate the memory off (local attention only)"
     )
     sm.add_argument(
+        "--haystack-tokens",
+        default=None,
+        help="long-input imitation: embed each document among other papers (aclsum: the other "
+        "splits; a .jsonl: its other records) in a prompt of this many tokens (e.g. 128K, 500K)",
+    )
+    sm.add_argument(
+        "--haystack-depth",
+        type=float,
+        default=None,
+        help="where the document starts in the haystack: 0 first ... 1 last, before the cue (default: 0.5)",
+    )
+    sm.add_argument(
         "--baseline",
         choices=["lead"],
         default=None,
@@ -362,6 +376,15 @@ def check_summarize_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.haystack_tokens is not None:
+        from ..eval.passkey import parse_length
+
+        args.haystack_tokens = parse_length(str(args.haystack_tokens))
+    if args.haystack_depth is not None:
+        if args.haystack_tokens is None:
+            raise ValueError("--haystack-depth applies with --haystack-tokens")
+        if not 0 <= args.haystack_depth <= 1:
+            raise ValueError(f"--haystack-depth must be in [0, 1], got {args.haystack_depth}")
     for name in ("limit", "max_input_tokens", "max_new_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -378,13 +401,20 @@ def check_summarize_args(args: argparse.Namespace) -> None:
 
 
 def load_summary_docs(args: argparse.Namespace):
-    from ..data.summaries import load_aclsum, load_jsonl
+    """``(documents to evaluate, other documents for a haystack)``: for aclsum the haystack papers
+    are the other splits' (never a paper being evaluated); for a .jsonl, all of its records."""
+    from ..data.summaries import ACLSUM_SPLITS, load_aclsum, load_jsonl
 
     if args.data == "aclsum":
-        docs = load_aclsum(args.split or "test")
+        split = args.split or "test"
+        docs = load_aclsum(split)
+        others = []
+        if args.haystack_tokens is not None:
+            others = [doc for name in ACLSUM_SPLITS if name != split for doc in load_aclsum(name)]
     else:
         docs = load_jsonl(args.data, args.document_field or "document", args.summary_field or "summary")
-    return docs[: args.limit]
+        others = docs
+    return docs[: args.limit], others
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -414,7 +444,10 @@ def run_summarize(args: argparse.Namespace) -> dict:
     from ..eval import summarize as sm
 
     check_summarize_args(args)
-    docs = load_summary_docs(args)
+    docs, others = load_summary_docs(args)
+    depth = None
+    if args.haystack_tokens is not None:
+        depth = 0.5 if args.haystack_depth is None else args.haystack_depth
     greedy = args.greedy or args.temperature == 0
     decoding = None
     if args.baseline is None:
@@ -433,6 +466,10 @@ def run_summarize(args: argparse.Namespace) -> dict:
         "limit": args.limit,
         "max_input_tokens": args.max_input_tokens,
         "prompt_suffix": sm.PROMPT_SUFFIX if args.baseline is None else None,
+        "titled_prompt": [sm.TITLE_HEADER, sm.TITLED_SUFFIX] if args.baseline is None else None,
+        "haystack": None
+        if depth is None
+        else {"tokens": args.haystack_tokens, "depth": depth, "pool": len(others)},
         "decoding": decoding,
         "seed": args.seed,
         "memory_off": bool(args.memory_off) if args.baseline is None else None,
@@ -453,6 +490,7 @@ def run_summarize(args: argparse.Namespace) -> dict:
             flush=True,
         )
 
+    placement: dict[str, dict] = {}  # haystack: where each document sits in its prompt
     with contextlib.ExitStack() as stack:
         if args.baseline == "lead":
             n_words = sm.lead_words(doc.summary for doc in docs)
@@ -468,8 +506,26 @@ def run_summarize(args: argparse.Namespace) -> dict:
 
                 stack.enter_context(memory_disabled(model))
 
+            cache: dict = {}
+
             def predict(doc):
-                prompt, _, truncated = sm.prompt_ids(tokenizer, doc.document, args.max_input_tokens)
+                if depth is None:
+                    prompt, _, truncated = sm.prompt_ids(
+                        tokenizer, doc.document, args.max_input_tokens, doc.title
+                    )
+                else:
+                    hay = sm.haystack_prompt(
+                        tokenizer,
+                        doc,
+                        others,
+                        args.haystack_tokens,
+                        depth,
+                        args.seed,
+                        args.max_input_tokens,
+                        cache,
+                    )
+                    prompt, truncated = hay.ids, hay.truncated
+                    placement[doc.id] = {"target_start": hay.target_start, "target_tokens": hay.target_tokens}
                 generator = None
                 if not decoding["greedy"]:
                     generator = torch.Generator(device=device).manual_seed(sm.sample_seed(args.seed, doc.id))
@@ -485,4 +541,6 @@ def run_summarize(args: argparse.Namespace) -> dict:
                 return text, len(prompt), truncated
 
         results = sm.evaluate_summaries(docs, predict, progress)
+    for record in results["documents"]:
+        record.update(placement.get(record["id"], {}))
     return {"meta": meta, **results}

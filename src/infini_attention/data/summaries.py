@@ -26,6 +26,7 @@ class SummaryDoc:
     id: str
     document: str
     summary: str
+    title: str = ""  # when known, the prompt names it (eval.summarize.prompt_frame)
 
 
 def aclsum_root() -> Path:
@@ -77,7 +78,8 @@ def load_aclsum(split: str, root: str | Path | None = None) -> list[SummaryDoc]:
         ]
         if not paragraphs:
             raise ValueError(f"{paper_file}: 'pdf_parse.body_text' has no text")
-        docs.append(SummaryDoc(doc_id, "\n\n".join(paragraphs), abstract.strip()))
+        title = " ".join(str(record.get("title") or paper.get("title") or "").split())
+        docs.append(SummaryDoc(doc_id, "\n\n".join(paragraphs), abstract.strip(), title))
     if not docs:
         raise ValueError(f"the aclsum {split} split is empty: {index}")
     return docs
@@ -89,7 +91,8 @@ def load_jsonl(
     """Records of a ``.jsonl`` file: one JSON object a line with a document and a summary string.
 
     ``id`` is the record's ``id`` field when it has one, else its line number, so every
-    per-document result can be traced back to its line.
+    per-document result can be traced back to its line; an optional ``title`` string is kept
+    (the prompt names it).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -104,7 +107,9 @@ def load_jsonl(
                 raise ValueError(f"{path}:{line_no}: no text field {name!r} (fields: {have})")
             fields[name] = value.strip()
         doc_id = str(record.get("id", line_no))
-        docs.append(SummaryDoc(doc_id, fields[document_field], fields[summary_field]))
+        title = record.get("title")
+        title = " ".join(title.split()) if isinstance(title, str) else ""
+        docs.append(SummaryDoc(doc_id, fields[document_field], fields[summary_field], title))
     if not docs:
         raise ValueError(f"{path} has no records")
     return docs

@@ -1,15 +1,17 @@
 """Summarisation fine-tuning data: (document -> summary) rows with the loss on the summary only.
 
-Each row is the evaluation's prompt (``eval.summarize.build_prompt``: document tokens, then
-``PROMPT_SUFFIX``) followed by the reference summary and EOS, padded on the right::
+Each row is the evaluation's prompt (``eval.summarize.build_prompt``: the title header when the
+document has a title, document tokens, then the cue) followed by the reference summary and EOS,
+padded on the right::
 
-    [ document (its beginning) | "\\n\\nAbstract:\\n" | summary | EOS | pad ... ]
-                                              labels: ^^^^^^^^^^^^^^^ (summary + EOS only)
+    [ "Title: T\\n\\n" | document (its beginning) | "\\n\\nTitle: T\\nAbstract:\\n" | summary | EOS | pad ]
+                                                           labels: ^^^^^^^^^^^^^^^ (summary + EOS)
 
-so the model learns to answer exactly the cue ``infini eval summarize`` gives it, and to stop.
+(untitled documents: no header and the cue ``PROMPT_SUFFIX``), so the model learns to answer
+exactly the cue ``infini eval summarize`` gives it, and to stop.
 
 Fitting a row into ``seq_len``: the document is cut first (its beginning kept, as the evaluation's
-``--max-input-tokens`` does), never the suffix; the summary is cut (its beginning kept, EOS lost)
+``--max-input-tokens`` does), never the header or the cue; the summary is cut (its beginning kept, EOS lost)
 only when even an empty document leaves no room for it. A batch's rows are padded to the longest
 one rounded up to whole segments (at most ``seq_len``).
 
@@ -25,7 +27,7 @@ import random
 
 import numpy as np
 
-from ..eval.summarize import PROMPT_SUFFIX
+from ..eval.summarize import PROMPT_SUFFIX, prompt_frame
 from .packing import IGNORE, PAD_ID, Batch, check_sampler_args, check_sampler_state, stack_rows
 from .summaries import SummaryDoc, load_aclsum, load_jsonl
 
@@ -75,32 +77,39 @@ class SummarySampler:
         self.seq_len, self.segment_len, self.batch_size = seq_len, segment_len, batch_size
         self.max_input_tokens = max_input_tokens
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
-        self._ids: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # doc index -> (document, summary+EOS)
+        # doc index -> (header, document, cue, summary + EOS)
+        self._ids: dict[int, tuple[np.ndarray, ...]] = {}
         self.step = 0
 
     @property
     def num_docs(self) -> int:
         return len(self.docs)
 
-    def tokens(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Document ids and summary ids (+EOS) of document ``i``, tokenised once: an ACLSum paper is
-        ~10K tokens and is drawn again every epoch."""
+    def tokens(self, i: int) -> tuple[np.ndarray, ...]:
+        """``(header, document, cue, summary + EOS)`` ids of document ``i``, tokenised once: an
+        ACLSum paper is ~10K tokens and is drawn again every epoch."""
         if i not in self._ids:
             doc = self.docs[i]
-            document = np.asarray(self.tokenizer.encode(doc.document), dtype=np.int64)
-            summary = np.asarray([*self.tokenizer.encode(doc.summary), *self.eos], dtype=np.int64)
-            self._ids[i] = document, summary
+            header, cue = prompt_frame(doc.title)
+            parts = [self.tokenizer.encode(t) if t else [] for t in (header, doc.document, cue)]
+            parts.append([*self.tokenizer.encode(doc.summary), *self.eos])
+            self._ids[i] = tuple(np.asarray(p, dtype=np.int64) for p in parts)
         return self._ids[i]
 
     def fit(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """``(prompt, target)`` of document ``i`` cut to fit ``seq_len`` (see the module docstring)."""
-        document, target = self.tokens(i)
+        header, document, cue, target = self.tokens(i)
         if self.max_input_tokens is not None:
             document = document[: self.max_input_tokens]
-        room = self.seq_len - len(self.suffix)  # for document + target
+        room = self.seq_len - len(header) - len(cue)  # for document + target
+        if room < MIN_SUMMARY_TOKENS:
+            raise ValueError(
+                f"seq_len {self.seq_len} cannot hold document {self.docs[i].id!r}'s title header and "
+                f"cue ({len(header) + len(cue)} tokens) and {MIN_SUMMARY_TOKENS} summary tokens"
+            )
         target = target[:room]  # only cut when even an empty document leaves no room
         document = document[: room - len(target)]
-        return np.concatenate([document, self.suffix]), target
+        return np.concatenate([header, document, cue]), target
 
     def batch(self, indices: list[int]) -> Batch:
         """The rows of documents ``indices`` as one batch (padded to the longest, whole segments)."""

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import statistics
 import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -72,21 +74,130 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def prompt_ids(tokenizer, document: str, max_input_tokens: int | None = None) -> tuple[list[int], int, bool]:
+# A document with a title (ACLSum papers have one) is framed by it: the title opens the document and
+# is repeated in the cue, so that a model shown many papers in one stream (``haystack_prompt``, the
+# long-input imitation) is told which one to summarise. The cue still ends with "Abstract:\n".
+TITLE_HEADER = "Title: {title}\n\n"
+TITLED_SUFFIX = "\n\nTitle: {title}\nAbstract:\n"
+# between the papers of a haystack
+PAPER_SEPARATOR = "\n\n"
+
+
+def prompt_frame(title: str = "") -> tuple[str, str]:
+    """``(header, suffix)``: the text before and after a document's tokens (see ``TITLE_HEADER``)."""
+    if not title:
+        return "", PROMPT_SUFFIX
+    return TITLE_HEADER.format(title=title), TITLED_SUFFIX.format(title=title)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text)) if text else []
+
+
+def prompt_ids(
+    tokenizer, document: str, max_input_tokens: int | None = None, title: str = ""
+) -> tuple[list[int], int, bool]:
     """``(prompt ids, document tokens before truncation, truncated)``; see ``build_prompt``."""
-    doc = tokenizer.encode(document)
+    header, suffix = prompt_frame(title)
+    doc = _encode(tokenizer, document)
     kept = doc if max_input_tokens is None else doc[:max_input_tokens]
-    return kept + tokenizer.encode(PROMPT_SUFFIX), len(doc), len(kept) < len(doc)
+    return _encode(tokenizer, header) + kept + _encode(tokenizer, suffix), len(doc), len(kept) < len(doc)
 
 
-def build_prompt(tokenizer, document: str, max_input_tokens: int | None = None) -> list[int]:
-    """Document tokens (the first ``max_input_tokens`` of them; all when None) then ``PROMPT_SUFFIX``.
+def build_prompt(tokenizer, document: str, max_input_tokens: int | None = None, title: str = "") -> list[int]:
+    """Header (when titled), the document's first ``max_input_tokens`` tokens (all when None), suffix.
 
-    The two parts are encoded separately so that truncation never splits the suffix and the suffix
-    has the same ids in every prompt. Keeping the beginning follows the paper's input-length sweep
-    (Fig. 4: the first 16K ... 500K tokens of each book).
+    The parts are encoded separately so that truncation never cuts the header or the suffix and
+    the suffix has the same ids in every prompt; ``max_input_tokens`` counts document tokens only.
+    Keeping the beginning follows the paper's input-length sweep (Fig. 4: the first 16K ... 500K
+    tokens of each book).
     """
-    return prompt_ids(tokenizer, document, max_input_tokens)[0]
+    return prompt_ids(tokenizer, document, max_input_tokens, title)[0]
+
+
+@dataclass(frozen=True)
+class Haystack:
+    """A long-input prompt: the target paper among others, then the target's cue."""
+
+    ids: list[int]
+    target_start: int  # token offset of the target's header in ``ids``
+    target_tokens: int  # the target's header + (kept) document tokens
+    distractors: int  # whole or partial other papers in the prompt
+    truncated: bool  # the target's document was cut to ``max_input_tokens``
+
+
+def haystack_prompt(
+    tokenizer,
+    target: SummaryDoc,
+    others: list[SummaryDoc],
+    total_tokens: int,
+    depth: float,
+    seed: int = 0,
+    max_input_tokens: int | None = None,
+    cache: dict | None = None,
+) -> Haystack:
+    """The long-input imitation of the paper's 500K-token setting: ``target`` (header + document)
+    placed among ``others`` (each header + document, ``PAPER_SEPARATOR`` between papers) so that the
+    prompt, cue included, is exactly ``total_tokens`` long, then the target's titled cue.
+
+    ``depth`` in [0, 1] places the target: it starts at the paper boundary nearest to ``depth`` of
+    the filler (0: first, 1: last, right before the cue). The other papers come in an order drawn
+    from ``(seed, target.id)``, repeated if they run out; the last one is cut to hit the length.
+    ``cache`` (id -> header + document ids) saves re-encoding the same papers for every target.
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    pool = [doc for doc in others if doc.id != target.id]
+    if not pool:
+        raise ValueError("no other documents to build the haystack from")
+    cache = {} if cache is None else cache
+
+    def block(doc: SummaryDoc) -> list[int]:
+        if doc.id not in cache:
+            cache[doc.id] = _encode(tokenizer, prompt_frame(doc.title)[0]) + _encode(tokenizer, doc.document)
+        return cache[doc.id]
+
+    header = _encode(tokenizer, prompt_frame(target.title)[0])
+    document = _encode(tokenizer, target.document)
+    body = document[:max_input_tokens]
+    target_ids = header + body
+    suffix = _encode(tokenizer, prompt_frame(target.title)[1])
+    sep = _encode(tokenizer, PAPER_SEPARATOR)
+    budget = total_tokens - len(target_ids) - len(suffix)  # other papers, one separator each
+    if budget <= len(sep):
+        raise ValueError(
+            f"a {total_tokens:,}-token haystack cannot hold document {target.id!r} "
+            f"({len(target_ids) + len(suffix):,} tokens with its cue) and another paper"
+        )
+    rng = random.Random(sample_seed(seed, target.id))
+    filler: list[list[int]] = []
+    used = 0
+    while used < budget:
+        order = list(pool)
+        rng.shuffle(order)
+        for doc in order:
+            room = budget - used - len(sep)
+            if room <= 0:
+                break
+            piece = block(doc)[:room]
+            filler.append(piece)
+            used += len(piece) + len(sep)
+    # the target starts at the boundary nearest to depth * budget
+    bounds = [0]
+    for piece in filler:
+        bounds.append(bounds[-1] + len(piece) + len(sep))
+    k = min(range(len(bounds)), key=lambda i: abs(bounds[i] - depth * budget))
+    papers = filler[:k] + [target_ids] + filler[k:]
+    ids: list[int] = []
+    target_start = 0
+    for i, paper in enumerate(papers):
+        if i:
+            ids += sep
+        if i == k:
+            target_start = len(ids)
+        ids += paper
+    ids += suffix
+    return Haystack(ids, target_start, len(target_ids), len(filler), len(body) < len(document))
 
 
 def lead_words(references: Iterable[str]) -> int:
