@@ -58,6 +58,22 @@ def test_overall_is_the_geometric_mean_of_the_aggregate():
     assert record["input_tokens"] == 7 and record["truncated"] is False and record["seconds"] >= 0
 
 
+def test_control_scores_each_summary_against_the_next_documents_reference():
+    docs = [
+        SummaryDoc("a", "the cat sat on the mat", "the cat lay on the mat"),
+        SummaryDoc("b", "dog", "a dog"),
+    ]
+    results = sm.evaluate_summaries(docs, lambda doc: (doc.document, None, False))
+    control = results["control"]
+    # "the cat sat on the mat" vs "a dog": nothing shared; "dog" vs "the cat lay on the mat": nothing
+    assert control["rouge1"] == 0 and control["overall"] == 0 and control["documents"] == 2
+    swapped = sm.control_aggregate(list(reversed(results["documents"])))
+    assert swapped == control  # two documents: each is the other's next
+    assert sm.control_aggregate(results["documents"][:1]) is None
+    table = sm.format_summary_table(results)
+    assert table.splitlines()[2].split()[:2] == ["control", "0.00"]
+
+
 # ---- sentences, prompts, the lead baseline -------------------------------------------------------
 
 

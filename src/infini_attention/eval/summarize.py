@@ -261,6 +261,20 @@ def aggregate(records: list[dict]) -> dict:
     return out
 
 
+def control_aggregate(records: list[dict]) -> dict | None:
+    """``aggregate`` of each prediction scored against the *next* document's reference (cyclically).
+
+    A control for specificity: generic, abstract-shaped text scores about as well against another
+    paper's abstract as against its own, a summary of the document does not. None with fewer than
+    two documents.
+    """
+    if len(records) < 2:
+        return None
+    refs = [r["reference"] for r in records]
+    shifted = [rouge_scores(r["prediction"], refs[(i + 1) % len(refs)]) for i, r in enumerate(records)]
+    return aggregate(shifted)
+
+
 def sample_seed(seed: int, doc_id: str) -> int:
     """A per-document sampling seed: the same document gets the same draws whatever ``--limit``."""
     return zlib.crc32(f"{seed}:{doc_id}".encode())
@@ -300,7 +314,8 @@ def evaluate_summaries(
 
     ``input tokens`` is None when no model reads the document (the lead baseline); a record's
     ``seconds`` times ``predict`` alone (streaming the prompt and decoding), not the scoring.
-    Returns ``{"aggregate": ..., "documents": [...]}``; ``progress(index, record)`` after each one.
+    Returns ``{"aggregate": ..., "control": control_aggregate(...), "documents": [...]}``;
+    ``progress(index, record)`` after each one.
     """
     records = []
     for i, doc in enumerate(docs):
@@ -313,7 +328,7 @@ def evaluate_summaries(
         records.append(record)
         if progress is not None:
             progress(i, record)
-    return {"aggregate": aggregate(records), "documents": records}
+    return {"aggregate": aggregate(records), "control": control_aggregate(records), "documents": records}
 
 
 def format_summary_table(results: dict) -> str:
@@ -323,7 +338,12 @@ def format_summary_table(results: dict) -> str:
     keys = [*ROUGE_TYPES, "overall"]
     head = f"{'documents':>9}  " + "  ".join(f"{n:>7}" for n in names)
     row = f"{agg['documents']:>9}  " + "  ".join(f"{100 * agg[k]:>7.2f}" for k in keys)
-    return f"{head}\n{row}"
+    control = results.get("control")
+    if control is None:
+        return f"{head}\n{row}"
+    other = f"{'control':>9}  " + "  ".join(f"{100 * control[k]:>7.2f}" for k in keys)
+    note = "(control: each summary scored against the next document's reference)"
+    return f"{head}\n{row}\n{other}  {note}"
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
