@@ -1,16 +1,18 @@
 """Rouge against input length (the shape of the paper's Figure 4) from scripts/summarization_eval.sh's
 JSON files: one line with the memory, one with it gated off, the lead baseline as a level.
 
-    python scripts/plot_summarization.py RESULTS_DIR NAME FIGURE.png
-    (e.g. docs/results/summarization tiny docs/img/summarization_rouge_vs_length.png)
+    python scripts/plot_summarization.py RESULTS_DIR NAME[,NAME...] FIGURE.png
+    (e.g. docs/results/summarization tiny,smollm2 docs/img/summarization_rouge_vs_length.png)
 
 Also prints the markdown table of docs/summarization.md (x100, as the paper prints Rouge), with the
-control (each summary scored against the next paper's abstract: ``eval.summarize.control_aggregate``).
+control (each summary scored against the next paper's abstract: ``eval.summarize.control_aggregate``)
+and, where memory off was run, the on - off gap in overall with a 95% paired bootstrap interval.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import sys
 from pathlib import Path
@@ -27,17 +29,39 @@ def input_sizes(results: dict) -> int:
     return round(statistics.median(d["input_tokens"] for d in results["documents"]))
 
 
-def main(out_dir: str, name: str, figure: str) -> None:
-    import matplotlib
+def input_cuts(folder: Path, name: str) -> list[str]:
+    """The K of every ``NAME_input_K.json`` (memory on) in ``folder``, ascending, "full" last."""
+    cuts = {p.stem.removeprefix(f"{name}_input_") for p in folder.glob(f"{name}_input_*.json")}
+    cuts = {c for c in cuts if c == "full" or c.isdigit()}
+    return sorted(cuts, key=lambda c: float("inf") if c == "full" else int(c))
 
+
+def bootstrap_gap(
+    a: list[dict], b: list[dict], draws: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Overall(a) - overall(b) x100 on the same papers, with a 95% paired bootstrap interval
+    (papers resampled with replacement, both systems on the same draw)."""
+    from infini_attention.eval.summarize import aggregate
+
+    assert [d["id"] for d in a] == [d["id"] for d in b], "compare the same papers"
+    rng = random.Random(seed)
+    gap = 100 * (aggregate(a)["overall"] - aggregate(b)["overall"])
+    gaps = []
+    for _ in range(draws):
+        idx = [rng.randrange(len(a)) for _ in a]
+        gaps.append(
+            100 * (aggregate([a[i] for i in idx])["overall"] - aggregate([b[i] for i in idx])["overall"])
+        )
+    gaps.sort()
+    return gap, gaps[int(0.025 * draws)], gaps[int(0.975 * draws) - 1]
+
+
+def table_and_lines(folder: Path, name: str) -> tuple[list[str], dict[str, list[tuple[int, float]]]]:
+    """Markdown rows and ``{memory on/off: [(median prompt tokens, overall x100)]}`` of one model."""
     from infini_attention.eval.summarize import control_aggregate
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder = Path(out_dir)
     rows, lines = [], {"memory on": [], "memory off": []}
-    for cut in ["256", "1024", "2048", "3584", "8192", "full"]:
+    for cut in input_cuts(folder, name):
         for label, suffix in [("memory on", ""), ("memory off", "_memory_off")]:
             r = load(folder / f"{name}_input_{cut}{suffix}.json")
             if r is None:
@@ -49,28 +73,47 @@ def main(out_dir: str, name: str, figure: str) -> None:
             control = r.get("control") or control_aggregate(r["documents"])
             cells += f" | {100 * control['overall']:.2f}"
             rows.append(f"| {kept} | {label} | {size:,} | {agg['documents']} | {cells} |")
-    print(
-        "| document tokens kept | memory | median prompt tokens | papers | R-1 | R-2 | R-L | overall "
-        "| control overall |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    print("\n".join(rows))
+            if suffix:  # memory off beside memory on, on the same papers
+                on = load(folder / f"{name}_input_{cut}.json")
+                gap, low, high = bootstrap_gap(on["documents"], r["documents"])
+                rows.append(f"|  | on - off | | | | | | {gap:+.2f} [{low:+.2f}, {high:+.2f}] | |")
+    return rows, lines
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, points in lines.items():
-        if points:
-            x, y = zip(*points, strict=True)
-            style = "-" if label == "memory on" else "--"
-            ax.plot(x, y, marker="o", label=f"{name}, {label}", linestyle=style)
+
+def main(out_dir: str, names: str, figure: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(out_dir)
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    for name in names.split(","):
+        rows, lines = table_and_lines(folder, name)
+        print(f"\n{name}:\n")
+        print(
+            "| document tokens kept | memory | median prompt tokens | papers | R-1 | R-2 | R-L | overall "
+            "| control overall |"
+        )
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(rows))
+        for label, points in lines.items():
+            if points:
+                x, y = zip(*points, strict=True)
+                style = "-" if label == "memory on" else "--"
+                ax.plot(x, y, marker="o", label=f"{name}, {label}", linestyle=style)
     lead = load(folder / "lead_test.json")
     if lead is not None:
-        ax.axhline(100 * lead["aggregate"]["overall"], color="gray", linestyle=":", label="lead baseline")
+        papers = lead["aggregate"]["documents"]
+        ax.axhline(
+            100 * lead["aggregate"]["overall"], color="gray", linestyle=":", label=f"lead ({papers} papers)"
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("prompt tokens (median over papers; the first K tokens of each paper)")
     ax.set_ylabel("Rouge overall (geometric mean of R-1, R-2, R-L)")
     ax.set_title("ACLSum test: Rouge against input length (scaled-down Fig. 4)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(figure, dpi=120)
     print(f"figure written to {figure}", file=sys.stderr)
@@ -78,5 +121,5 @@ def main(out_dir: str, name: str, figure: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        sys.exit("usage: plot_summarization.py RESULTS_DIR NAME FIGURE.png")
+        sys.exit("usage: plot_summarization.py RESULTS_DIR NAME[,NAME...] FIGURE.png")
     main(*sys.argv[1:])
