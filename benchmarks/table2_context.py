@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         model, _ = load_pretrained(folder)
         model.eval()
         bands = by_segment_position(model, docs, chunk=4 * model.config.segment_len)
-        results["models"][Path(folder).name] = bands
-        print(Path(folder).name, "  ".join(f"{k}: {v:.1f}" for k, v in bands.items()), flush=True)
+        # keyed by the folder as given: training checkpoints all end in step-NNNNNN
+        results["models"][str(folder)] = bands
+        print(folder, "  ".join(f"{k}: {v:.1f}" for k, v in bands.items()), flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
