@@ -62,8 +62,9 @@ def table_and_lines(folder: Path, name: str) -> tuple[list[str], dict[str, list[
 
     rows, lines = [], {"memory on": [], "memory off": []}
     for cut in input_cuts(folder, name):
-        for label, suffix in [("memory on", ""), ("memory off", "_memory_off")]:
-            r = load(folder / f"{name}_input_{cut}{suffix}.json")
+        on = load(folder / f"{name}_input_{cut}.json")
+        off = load(folder / f"{name}_input_{cut}_memory_off.json")
+        for label, r in [("memory on", on), ("memory off", off)]:
             if r is None:
                 continue
             agg, size = r["aggregate"], input_sizes(r)
@@ -73,8 +74,7 @@ def table_and_lines(folder: Path, name: str) -> tuple[list[str], dict[str, list[
             control = r.get("control") or control_aggregate(r["documents"])
             cells += f" | {100 * control['overall']:.2f}"
             rows.append(f"| {kept} | {label} | {size:,} | {agg['documents']} | {cells} |")
-            if suffix:  # memory off beside memory on, on the same papers
-                on = load(folder / f"{name}_input_{cut}.json")
+            if r is off:  # memory off beside memory on, on the same papers
                 gap, low, high = bootstrap_gap(on["documents"], r["documents"])
                 rows.append(f"|  | on - off | | | | | | {gap:+.2f} [{low:+.2f}, {high:+.2f}] | |")
     return rows, lines

@@ -27,7 +27,7 @@ import random
 
 import numpy as np
 
-from ..eval.summarize import PROMPT_SUFFIX, prompt_frame
+from ..eval.summarize import PROMPT_SUFFIX, encode_text, prompt_frame
 from .packing import IGNORE, PAD_ID, Batch, check_sampler_args, check_sampler_state, stack_rows
 from .summaries import SummaryDoc, load_aclsum, load_jsonl
 
@@ -91,7 +91,7 @@ class SummarySampler:
         if i not in self._ids:
             doc = self.docs[i]
             header, cue = prompt_frame(doc.title)
-            parts = [self.tokenizer.encode(t) if t else [] for t in (header, doc.document, cue)]
+            parts = [encode_text(self.tokenizer, t) for t in (header, doc.document, cue)]
             parts.append([*self.tokenizer.encode(doc.summary), *self.eos])
             self._ids[i] = tuple(np.asarray(p, dtype=np.int64) for p in parts)
         return self._ids[i]

@@ -90,7 +90,8 @@ def prompt_frame(title: str = "") -> tuple[str, str]:
     return TITLE_HEADER.format(title=title), TITLED_SUFFIX.format(title=title)
 
 
-def _encode(tokenizer, text: str) -> list[int]:
+def encode_text(tokenizer, text: str) -> list[int]:
+    """``tokenizer.encode(text)`` as a list, and ``[]`` for empty text (no special tokens either way)."""
     return list(tokenizer.encode(text)) if text else []
 
 
@@ -99,9 +100,10 @@ def prompt_ids(
 ) -> tuple[list[int], int, bool]:
     """``(prompt ids, document tokens before truncation, truncated)``; see ``build_prompt``."""
     header, suffix = prompt_frame(title)
-    doc = _encode(tokenizer, document)
+    doc = encode_text(tokenizer, document)
     kept = doc if max_input_tokens is None else doc[:max_input_tokens]
-    return _encode(tokenizer, header) + kept + _encode(tokenizer, suffix), len(doc), len(kept) < len(doc)
+    prompt = encode_text(tokenizer, header) + kept + encode_text(tokenizer, suffix)
+    return prompt, len(doc), len(kept) < len(doc)
 
 
 def build_prompt(tokenizer, document: str, max_input_tokens: int | None = None, title: str = "") -> list[int]:
@@ -154,15 +156,16 @@ def haystack_prompt(
 
     def block(doc: SummaryDoc) -> list[int]:
         if doc.id not in cache:
-            cache[doc.id] = _encode(tokenizer, prompt_frame(doc.title)[0]) + _encode(tokenizer, doc.document)
+            head = encode_text(tokenizer, prompt_frame(doc.title)[0])
+            cache[doc.id] = head + encode_text(tokenizer, doc.document)
         return cache[doc.id]
 
-    header = _encode(tokenizer, prompt_frame(target.title)[0])
-    document = _encode(tokenizer, target.document)
+    header_text, suffix_text = prompt_frame(target.title)
+    document = encode_text(tokenizer, target.document)
     body = document[:max_input_tokens]
-    target_ids = header + body
-    suffix = _encode(tokenizer, prompt_frame(target.title)[1])
-    sep = _encode(tokenizer, PAPER_SEPARATOR)
+    target_ids = encode_text(tokenizer, header_text) + body
+    suffix = encode_text(tokenizer, suffix_text)
+    sep = encode_text(tokenizer, PAPER_SEPARATOR)
     budget = total_tokens - len(target_ids) - len(suffix)  # other papers, one separator each
     if budget <= len(sep):
         raise ValueError(
@@ -187,17 +190,11 @@ def haystack_prompt(
     for piece in filler:
         bounds.append(bounds[-1] + len(piece) + len(sep))
     k = min(range(len(bounds)), key=lambda i: abs(bounds[i] - depth * budget))
-    papers = filler[:k] + [target_ids] + filler[k:]
     ids: list[int] = []
-    target_start = 0
-    for i, paper in enumerate(papers):
-        if i:
-            ids += sep
-        if i == k:
-            target_start = len(ids)
-        ids += paper
+    for i, paper in enumerate(filler[:k] + [target_ids] + filler[k:]):
+        ids += sep + paper if i else paper
     ids += suffix
-    return Haystack(ids, target_start, len(target_ids), len(filler), len(body) < len(document))
+    return Haystack(ids, bounds[k], len(target_ids), len(filler), len(body) < len(document))
 
 
 def lead_words(references: Iterable[str]) -> int:
