@@ -13,6 +13,7 @@ from infini_attention.data.passkey_task import (
     PasskeySampler,
     answer_ids,
     answer_span,
+    crossing_prompt,
     retrieved,
     training_prompt,
 )
@@ -91,7 +92,54 @@ def test_resume_and_rank_sharding(tok):
         PasskeySampler(tok, 512, 64, 2, seed=9, min_len=300).load_state_dict(a.state_dict())
 
 
+def test_cross_boundary_puts_a_segment_boundary_inside_the_answer(tok):
+    N = 128
+    crossed = set()
+    sampler = PasskeySampler(tok, 8192, N, 4, seed=3, min_len=4096, cross_boundary=1.0)
+    plain = PasskeySampler(tok, 8192, N, 4, seed=3, min_len=4096)
+    for _ in range(6):
+        b, ref = sampler.next_batch(), plain.next_batch()
+        for r in range(b.input_ids.shape[0]):
+            real = int((~b.pad_mask[r]).sum())
+            text = tok.decode(b.input_ids[r, :real].tolist())
+            m = re.fullmatch(
+                r".* The pass key is (\d{5})\. Remember it\. \1 is the pass key\..* (\d{5})\.", text
+            )
+            assert m and m.group(1) == m.group(2), text[-120:]
+            n_answer = len(answer_ids(PasskeyParts.from_tokenizer(tok), m.group(1)))
+            prompt_len = real - n_answer
+            before = -prompt_len % N  # answer tokens before the next boundary
+            assert 1 <= before <= n_answer - 1, (prompt_len, n_answer)
+            crossed.add(before)
+            assert real <= int((~ref.pad_mask[r]).sum())  # only shortened
+    assert len(crossed) >= 3  # the boundary falls at different places in the answer
+    # the default draws the same rows as before the option existed
+    a = PasskeySampler(tok, 8192, N, 4, seed=3, min_len=4096, cross_boundary=0.0).next_batch()
+    assert torch.equal(
+        a.input_ids, PasskeySampler(tok, 8192, N, 4, seed=3, min_len=4096).next_batch().input_ids
+    )
+
+
+def test_crossing_prompt_keeps_the_depth_and_gives_up_without_filler(tok):
+    parts = PasskeyParts.from_tokenizer(tok)
+    p = training_prompt(parts, 12000, "12345", 0.4)
+    for before in (1, 3, 5):
+        c = crossing_prompt(p, before, 64)
+        assert (len(c) + before) % 64 == 0 and len(c) <= len(p)
+        # only whole blocks go: the depth moves by at most the share of filler removed
+        removed = (len(p) - len(c)) / (p.x * len(parts.filler) + p.y * len(parts.filler_after))
+        assert (p.x + p.y) - (c.x + c.y) <= 2 * 64 and c.depth == pytest.approx(p.depth, abs=removed + 1e-9)
+        assert tok.decode(c.ids().tolist()) == prompt_text("12345", c.x, c.y)
+    bare = training_prompt(
+        parts, len(parts.intro) + len(parts.key_ids("12345")) + len(parts.question), "12345", 0.5
+    )
+    assert bare.x == bare.y == 0
+    assert crossing_prompt(bare, (-len(bare) - 1) % 64 or 2, 64) is None
+
+
 def test_bad_settings(tok):
+    with pytest.raises(ValueError, match="cross_boundary"):
+        PasskeySampler(tok, 512, 64, 2, seed=0, min_len=300, cross_boundary=1.5)
     with pytest.raises(ValueError, match="min_len"):
         PasskeySampler(tok, 512, 64, 2, seed=0, min_len=10)
     with pytest.raises(ValueError, match="multiple of segment_len"):

@@ -17,7 +17,12 @@ is the step count; the evaluation's trials use other seeds, so no evaluation pro
   (short batches are cheap; the longest put the key up to ``seq_len / N`` segments away);
 - the key: 5 random digits;
 - the depth: uniform in [0, 1] (share of the filler before the key), so the key sits in any segment,
-  the question's own one included.
+  the question's own one included;
+- with ``cross_boundary`` > 0, that share of rows has the prompt shortened by whole filler blocks
+  until a segment boundary falls inside the answer (after 1 to len(answer) - 1 of its tokens). The
+  tokens after the boundary are then predicted with the question and the answer's start only in
+  the memory: a 5-digit answer crosses a boundary in about 5% of rows otherwise, and at lengths
+  like 256K and 1M the evaluation's prompts end just before one (docs/passkey.md).
 """
 
 from __future__ import annotations
@@ -54,6 +59,34 @@ def training_prompt(parts: PasskeyParts, length: int, key: str, depth: float) ->
     return PasskeyPrompt(key=key, x=x, y=y, runs=runs)
 
 
+def crossing_prompt(prompt: PasskeyPrompt, before: int, segment_len: int) -> PasskeyPrompt | None:
+    """``prompt`` with the fewest filler blocks removed (depth kept as close as possible) so that
+    it ends ``before`` tokens short of a segment boundary: the answer that follows then crosses the
+    boundary after ``before`` tokens. None when no such prompt is left (too little filler).
+
+    The search stops after ``2 * segment_len`` blocks rather than trying every block of a long
+    haystack: with blocks of equal length the shortenings repeat modulo ``segment_len`` after
+    ``segment_len`` of them."""
+    (intro, _), (filler, x), key, (filler_after, y), question = prompt.runs
+    n1, n2, P = len(filler), len(filler_after), len(prompt)
+    depth, best = prompt.depth, None
+    for removed in range(min(x + y, 2 * segment_len) + 1):
+        for dx in range(max(0, removed - y), min(x, removed) + 1):
+            dy = removed - dx
+            if (P - dx * n1 - dy * n2 + before) % segment_len == 0:
+                kept = (x - dx) * n1 + (y - dy) * n2
+                gap = abs((x - dx) * n1 / kept - depth) if kept else 0.0
+                if best is None or gap < best[0]:
+                    best = (gap, x - dx, y - dy)
+        if best is not None:
+            break
+    if best is None:
+        return None
+    _, x, y = best
+    runs = ((intro, 1), (filler, x), key, (filler_after, y), question)
+    return PasskeyPrompt(key=prompt.key, x=x, y=y, runs=runs)
+
+
 class PasskeySampler:
     """Endless batches of passkey rows ``[batch_size, L]``, L a multiple of ``segment_len`` <= seq_len."""
 
@@ -71,6 +104,7 @@ class PasskeySampler:
         min_len: int | None = None,
         copy_targets: bool = False,
         word_keys: float = 0.0,
+        cross_boundary: float = 0.0,
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -91,6 +125,9 @@ class PasskeySampler:
             raise ValueError(f"word_keys must be a share in [0, 1], got {word_keys}")
         self.word_keys = float(word_keys)
         self.words = _words(tokenizer) if word_keys else []
+        if not 0.0 <= cross_boundary <= 1.0:
+            raise ValueError(f"cross_boundary must be a share in [0, 1], got {cross_boundary}")
+        self.cross_boundary = float(cross_boundary)
         if word_keys and len(self.words) < 100:
             raise ValueError(f"word_keys needs a vocabulary of words; this tokenizer has {len(self.words)}")
         self.step = 0
@@ -111,6 +148,11 @@ class PasskeySampler:
             else:
                 key = str(rng.randint(10000, 99999))
             prompt = training_prompt(self.parts, length, key, rng.random())
+            if self.cross_boundary and rng.random() < self.cross_boundary:
+                answer_len = len(answer_ids(self.parts, key))
+                if answer_len > 1:
+                    before = rng.randint(1, answer_len - 1)  # answer tokens before the boundary
+                    prompt = crossing_prompt(prompt, before, N) or prompt
             if r % self.world_size == self.rank:
                 rows.append(self._row(prompt, L))
         self.step += 1

@@ -81,6 +81,8 @@ class DataConfig:
     lm_every: int = 0
     passkey_word_keys: float = 0.0  # share of passkey rows whose key is 3-12 random words, not 5 digits
     passkey_copy_targets: bool = False  # also train on the key's second mention (local copying)
+    # share of passkey rows shortened so that a segment boundary falls inside the answer
+    passkey_cross_boundary: float = 0.0
     # every k-th step a batch of repeated random sequences (data/copy_task.py): grows the induction
     # heads that retrieval needs; periods in [copy_min_period, copy_max_period] (0: N / 2)
     copy_every: int = 0
@@ -106,6 +108,7 @@ class DataConfig:
         self._check_summary()
         _float(s, "passkey_word_keys", self.passkey_word_keys, hi=1.0)
         _bool(s, "passkey_copy_targets", self.passkey_copy_targets)
+        _float(s, "passkey_cross_boundary", self.passkey_cross_boundary, hi=1.0)
         _int(s, "copy_every", self.copy_every, minimum=0)
         _int(s, "copy_min_period", self.copy_min_period)
         _int(s, "copy_max_period", self.copy_max_period, minimum=0)

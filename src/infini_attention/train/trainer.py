@@ -179,6 +179,7 @@ def _train(
             min_len=d.passkey_min_len or None,
             copy_targets=d.passkey_copy_targets,
             word_keys=d.passkey_word_keys,
+            cross_boundary=d.passkey_cross_boundary,
             rank=dist.rank,
             world_size=dist.world_size,
         )
