@@ -208,6 +208,7 @@ def test_shared_prefix_gives_the_states_and_answers_of_streaming_each_prompt(par
         shared = run_trial(model, parts, p, prefill_segments=3, state=snap, start=p.key_start)
         whole = run_trial(model, parts, p, prefill_segments=3)
         assert shared["output"] == whole["output"] and shared["streamed_tokens"] == len(p) - p.key_start
+        assert shared["answer_offset"] == whole["answer_offset"] == len(p) % 16
     r = run_passkey(model, ByteTokenizer(), [900], [position], trials=4, seed=1, prefill_segments=3)
     r0 = run_passkey(
         model, ByteTokenizer(), [900], [position], trials=4, seed=1, prefill_segments=3, share_prefix=False

@@ -300,6 +300,9 @@ def run_trial(
         "correct": score(text, prompt.key),
         "prompt_tokens": len(prompt),
         "key_start": prompt.key_start,
+        # where the answer starts inside its segment: from N - 4 on, a 5-digit answer's last digits
+        # are decoded in the next segment, with the question only in the memory (docs/passkey.md)
+        "answer_offset": len(prompt) % model.config.segment_len,
         "depth": prompt.depth,
         "streamed_tokens": len(prompt) - start,
         "seconds": seconds,
