@@ -16,6 +16,7 @@ ev "$MODEL" --lengths 1000000 --trials "$TRIALS" --json "$OUT/1000000.json"
 # short prompts, and the ablations
 ev "$MODEL" --lengths 1K,8K --trials "$TRIALS" --json "$OUT/short.json"
 ev "$MODEL" --lengths 1K,8K,32K --trials "$TRIALS" --memory-off --json "$OUT/memory_off.json"
+ev runs/passkey-copy --lengths 1K,32K --trials "$TRIALS" --json "$OUT/zero_shot.json"  # stage 0 (zero-shot)
 ev "$MODEL" --lengths 32K --trials "$TRIALS" --bf16 --json "$OUT/bf16.json"
 # beyond 1M: key at the start (the farthest), fewer trials
 ev "$MODEL" --lengths 2M,4M --positions start --trials 5 --json "$OUT/long.json"

@@ -69,22 +69,20 @@ def crossing_prompt(prompt: PasskeyPrompt, before: int, segment_len: int) -> Pas
     ``segment_len`` of them."""
     (intro, _), (filler, x), key, (filler_after, y), question = prompt.runs
     n1, n2, P = len(filler), len(filler_after), len(prompt)
-    depth, best = prompt.depth, None
+
+    def shortened(x_left: int, y_left: int) -> PasskeyPrompt:
+        runs = ((intro, 1), (filler, x_left), key, (filler_after, y_left), question)
+        return PasskeyPrompt(key=prompt.key, x=x_left, y=y_left, runs=runs)
+
     for removed in range(min(x + y, 2 * segment_len) + 1):
-        for dx in range(max(0, removed - y), min(x, removed) + 1):
-            dy = removed - dx
-            if (P - dx * n1 - dy * n2 + before) % segment_len == 0:
-                kept = (x - dx) * n1 + (y - dy) * n2
-                gap = abs((x - dx) * n1 / kept - depth) if kept else 0.0
-                if best is None or gap < best[0]:
-                    best = (gap, x - dx, y - dy)
-        if best is not None:
-            break
-    if best is None:
-        return None
-    _, x, y = best
-    runs = ((intro, 1), (filler, x), key, (filler_after, y), question)
-    return PasskeyPrompt(key=prompt.key, x=x, y=y, runs=runs)
+        fits = [
+            shortened(x - dx, y - (removed - dx))
+            for dx in range(max(0, removed - y), min(x, removed) + 1)
+            if (P - dx * n1 - (removed - dx) * n2 + before) % segment_len == 0
+        ]
+        if fits:
+            return min(fits, key=lambda p: abs(p.depth - prompt.depth))
+    return None
 
 
 class PasskeySampler:
@@ -125,11 +123,11 @@ class PasskeySampler:
             raise ValueError(f"word_keys must be a share in [0, 1], got {word_keys}")
         self.word_keys = float(word_keys)
         self.words = _words(tokenizer) if word_keys else []
+        if word_keys and len(self.words) < 100:
+            raise ValueError(f"word_keys needs a vocabulary of words; this tokenizer has {len(self.words)}")
         if not 0.0 <= cross_boundary <= 1.0:
             raise ValueError(f"cross_boundary must be a share in [0, 1], got {cross_boundary}")
         self.cross_boundary = float(cross_boundary)
-        if word_keys and len(self.words) < 100:
-            raise ValueError(f"word_keys needs a vocabulary of words; this tokenizer has {len(self.words)}")
         self.step = 0
 
     def _rng(self) -> random.Random:

@@ -93,8 +93,9 @@ def read_shares(
     ids = ids.to(next(model.parameters()).device)
     hooks = _Projections(model)
     state = model.init_state(1)
-    # sum of sigma(k) over each span's tokens: [L, Hkv, D], float64
-    sums = {name: 0.0 for name in spans}
+    # sum of sigma(k) over each span's tokens: [L, Hkv, D], float64 (shaped like the stacked z)
+    empty = torch.stack([layer.z[0] for layer in state.layers]).double().zero_()
+    sums = {name: empty.clone() for name in spans}
 
     def feed(start: int, stop: int) -> None:
         nonlocal state
@@ -105,7 +106,7 @@ def read_shares(
                 a, b = max(lo, start), min(hi, end)
                 if a < b:
                     k = hooks.stacked(hooks.k, slice(a - start, b - start))  # [L, n, Hkv, D]
-                    sums[name] = sums[name] + sigma(k.double()).sum(1)
+                    sums[name] += sigma(k.double()).sum(1)
             start = end
 
     gates = [torch.sigmoid(block.attn.gate.detach().float()).tolist() for block in model.blocks]
@@ -122,16 +123,13 @@ def read_shares(
             Hkv = z.shape[1]
             q = q.unflatten(1, (Hkv, H // Hkv))  # [L, Hkv, G, D]: query head h = j * G + g reads head j
             total = torch.einsum("ljgd,ljd->ljg", q, z).flatten(1)  # [L, H]
-            mass = {
-                name: torch.einsum("ljgd,ljd->ljg", q, s).flatten(1) if torch.is_tensor(s) else None
-                for name, s in sums.items()
-            }
+            mass = {name: torch.einsum("ljgd,ljd->ljg", q, s).flatten(1) for name, s in sums.items()}
             for l in range(L):
                 for h in range(H):
                     row = {"position": p, "layer": l, "head": h, "gate": gates[l][h]}
                     for name, m in mass.items():
-                        empty = m is None or float(total[l, h]) == 0.0
-                        row[f"{name}_share"] = 0.0 if empty else float(m[l, h] / total[l, h])
+                        read = float(total[l, h])  # 0 while nothing is written
+                        row[f"{name}_share"] = float(m[l, h]) / read if read else 0.0
                     rows.append(row)
     finally:
         hooks.close()
