@@ -171,6 +171,38 @@ def test_eval_passkey_options_and_heatmap(fake_models, tmp_path, capsys):
     )
 
 
+def test_eval_passkey_haystacks(fake_models, tmp_path, capsys):
+    """--haystack runs each harder variant and records it; the choices are the library's list."""
+    from infini_attention.eval.haystacks import HAYSTACKS
+
+    out = tmp_path / "pk.json"
+    argv = [
+        "eval",
+        "passkey",
+        "--model",
+        "tiny",
+        "--lengths",
+        "700",
+        "--positions",
+        "middle",
+        "--trials",
+        "2",
+    ]
+    for haystack in ("two-keys", "rephrased"):
+        assert main([*argv, "--haystack", haystack, "--json", str(out)]) == 0
+        assert f"haystack: {haystack}" in capsys.readouterr().out
+        r = json.loads(out.read_text())
+        assert r["haystack"] == haystack and ("answered_distractor" in r["cells"][0]) == (
+            haystack == "two-keys"
+        )
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own one-line usage error
+        main([*argv, "--haystack", "needles"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "invalid choice: 'needles'" in err[0]
+    for haystack in HAYSTACKS:  # every variant the library has, the CLI offers (argparse accepts it)
+        one_line_error(capsys, [*argv, "--haystack", haystack, "--trials", "0"], "--trials")
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [

@@ -198,7 +198,8 @@ def test_shared_prefix_gives_the_states_and_answers_of_streaming_each_prompt(par
     model = tiny_model(segment_len=16, dtype=torch.float64, d_model=32, layers=2)
     prompts = [build_prompt(parts, 900, position, key, 16, random.Random(i)) for i, key in
                enumerate(["12345", "55555", "90210", "31415"])]  # fmt: skip
-    snaps = pk.shared_prefix_states(model, prompts, prefill_segments=3)
+    snaps, starts, streamed = pk.shared_prefix_states(model, prompts, prefill_segments=3)
+    assert starts == [p.key_start for p in prompts] and streamed == max(starts)
     for p, snap in zip(prompts, snaps, strict=True):
         alone = model(p.ids()[None, : p.key_start], model.init_state(1)).state if p.key_start else None
         ref = alone if alone is not None else model.init_state(1)
@@ -217,9 +218,19 @@ def test_shared_prefix_gives_the_states_and_answers_of_streaming_each_prompt(par
     assert out == [s["output"] for s in r0["cells"][0]["samples"]]
     assert r0["cells"][0]["streamed_tokens"] == r0["cells"][0]["prompt_tokens"]
     assert r["cells"][0]["streamed_tokens"] < r["cells"][0]["prompt_tokens"]
-    other = build_prompt(PasskeyParts.from_tokenizer(OracleTokenizer("x")), 900, position, "12345", 16)
-    with pytest.raises(ValueError, match="same parts"):
-        pk.shared_prefix_states(model, [prompts[0], _odd(other)])
+    # a prompt whose tokens before the key differ is streamed alone; the others still share
+    odd = _odd(build_prompt(parts, 900, position, "12345", 16))
+    three = [prompts[0], odd, prompts[1]]
+    snaps2, starts2, streamed2 = pk.shared_prefix_states(model, three, prefill_segments=3)
+    assert starts2 == [p.key_start for p in three]  # two groups: the odd prompt's is its own
+    assert streamed2 == max(prompts[0].key_start, prompts[1].key_start) + odd.key_start
+    odd_alone = model(odd.ids()[None, : odd.key_start], model.init_state(1)).state
+    for a, b in zip(snaps2[1].layers, odd_alone.layers, strict=True):
+        for x, y in zip(a.tensors(), b.tensors(), strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+    for a, b in zip(snaps2[2].layers, snaps[1].layers, strict=True):
+        for x, y in zip(a.tensors(), b.tensors(), strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
 
 
 def _odd(p: PasskeyPrompt) -> PasskeyPrompt:

@@ -125,6 +125,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="ablation: gate the memory off (local attention only), to show what the memory retrieves",
     )
     pk.add_argument(
+        "--haystack",
+        default="repeated",
+        choices=["repeated", "books", "two-keys", "rephrased"],
+        help="the paper's repeated filler (default), or a harder variant: real book text as filler "
+        "(needs `infini data books`), a second 5-digit number in the haystack, or the key sentence "
+        "worded differently (docs/passkey.md)",
+    )
+    pk.add_argument(
         "--no-shared-prefix",
         action="store_true",
         help="stream every prompt from its first token (default: the filler before the keys once per cell)",
@@ -257,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
             args.trials,
             args.seed,
             share_prefix=not args.no_shared_prefix,
+            haystack=args.haystack,
             progress=progress,
         )
     results.update(model=str(args.model), bf16=bool(args.bf16), memory_off=bool(args.memory_off))

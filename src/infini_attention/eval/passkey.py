@@ -85,16 +85,19 @@ class PasskeyParts:
     filler_after: tuple[int, ...]
     question: tuple[int, ...]
     tokenizer: Any = field(repr=False, compare=False)
+    key_sentence: str = KEY_SENTENCE  # ``{key}`` is replaced by the key (``eval.haystacks`` rephrases it)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> PasskeyParts:
+    def from_tokenizer(cls, tokenizer, key_sentence: str = KEY_SENTENCE) -> PasskeyParts:
+        if "{key}" not in key_sentence or not key_sentence.startswith(" "):
+            raise ValueError(f"a key sentence starts with a space and holds {{key}}, got {key_sentence!r}")
         parts = [tuple(tokenizer.encode(s)) for s in (INTRO, FILLER, FILLER_AFTER, QUESTION)]
         if not all(parts):
             raise ValueError("the tokenizer encodes a passkey prompt piece to no tokens")
-        return cls(*parts, tokenizer=tokenizer)
+        return cls(*parts, tokenizer=tokenizer, key_sentence=key_sentence)
 
     def key_ids(self, key: str) -> tuple[int, ...]:
-        return tuple(self.tokenizer.encode(KEY_SENTENCE.format(key=key)))
+        return tuple(self.tokenizer.encode(self.key_sentence.format(key=key)))
 
     def min_length(self) -> int:
         """The shortest prompt: no filler at all (a 5-digit key sentence's length varies a little)."""
@@ -103,12 +106,20 @@ class PasskeyParts:
 
 @dataclass(frozen=True)
 class PasskeyPrompt:
-    """A passkey prompt as runs of repeated token blocks, produced chunk by chunk."""
+    """A passkey prompt as runs of repeated token blocks, produced chunk by chunk.
+
+    ``runs`` are ``(block ids, repeats)``: the intro first, the question last, the key sentence at
+    index ``key_run``; everything else is haystack. The paper's prompt is
+    ``intro, filler * x, key sentence, filler_after * y, question`` (``key_run`` 2); the harder
+    haystacks (``eval.haystacks``) use long blocks of book text (int64 arrays) or a second sentence.
+    """
 
     key: str
-    x: int  # filler blocks before the key
+    x: int  # filler blocks before the key (the paper's prompt this one was made from)
     y: int  # filler blocks after the key
-    runs: tuple[tuple[tuple[int, ...], int], ...]  # (block ids, repeats)
+    runs: tuple[tuple[Sequence[int], int], ...]  # (block ids, repeats)
+    key_run: int = 2
+    distractor: str | None = None  # a second 5-digit number in the haystack (``two-keys``), else None
 
     def __len__(self) -> int:
         return sum(len(block) * n for block, n in self.runs)
@@ -116,18 +127,23 @@ class PasskeyPrompt:
     @property
     def key_start(self) -> int:
         """Token index where the key sentence begins."""
-        return sum(len(block) * n for block, n in self.runs[:2])
+        return sum(len(block) * n for block, n in self.runs[: self.key_run])
 
     @property
     def key_end(self) -> int:
-        return self.key_start + len(self.runs[2][0])
+        return self.key_start + len(self.runs[self.key_run][0])
+
+    @property
+    def key_sentence_ids(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in self.runs[self.key_run][0])
 
     @property
     def depth(self) -> float:
-        """Share of the filler tokens before the key sentence."""
-        before = len(self.runs[1][0]) * self.x
-        filler = before + len(self.runs[3][0]) * self.y
-        return before / filler if filler else 0.0
+        """Share of the haystack tokens (everything but intro, key sentence and question) before the
+        key sentence."""
+        before = self.key_start - len(self.runs[0][0])
+        haystack = len(self) - len(self.runs[0][0]) - len(self.runs[-1][0]) - (self.key_end - self.key_start)
+        return before / haystack if haystack else 0.0
 
     def slice(self, start: int, stop: int) -> np.ndarray:
         """Token ids ``[start, stop)`` of the prompt as an int64 array (built from the runs)."""
@@ -231,26 +247,44 @@ def _stream(model, prompt: PasskeyPrompt, state, start: int, stop: int, chunk: i
 
 
 @torch.no_grad()
-def shared_prefix_states(model, prompts: Sequence[PasskeyPrompt], *, prefill_segments: int = 8) -> list:
-    """The state after each prompt's ``intro + filler * x`` (the tokens before its key), computed in
-    one pass: prompts built from the same parts share that prefix and differ only in ``x``, so the
-    longest prefix is streamed once and the state is kept at every prompt's ``key_start``. The result
-    is the state streaming each prompt alone would reach there (split-resume is exact)."""
-    if not prompts:
-        return []
-    head = prompts[0].runs[:2]
-    if any(p.runs[0] != head[0] or p.runs[1][0] != head[1][0] for p in prompts):
-        raise ValueError("shared_prefix_states needs prompts built from the same parts")
+def shared_prefix_states(
+    model, prompts: Sequence[PasskeyPrompt], *, prefill_segments: int = 8
+) -> tuple[list, list[int], int]:
+    """The state after each prompt's tokens before its key sentence, streaming shared tokens once:
+    prompts built from the same parts differ there only in how much filler comes first, so the
+    longest such prefix is streamed once and the state is kept at every prompt's ``key_start``
+    (split-resume is exact: these are the states streaming each prompt alone would reach).
+
+    Prompts whose tokens before the key are not a prefix of one another's (a second key placed
+    before the first, another intro) form separate groups, each streamed once. Returns
+    ``(states, starts, streamed)``: prompt ``i`` continues from ``states[i]`` after its first
+    ``starts[i]`` tokens (``(None, 0)`` for a key at the very start: nothing to share);
+    ``streamed`` is how many tokens were fed in all.
+    """
     chunk = prefill_segments * model.config.segment_len
-    order = sorted(range(len(prompts)), key=lambda i: prompts[i].key_start)
-    longest = prompts[order[-1]]
+    groups: list[tuple[PasskeyPrompt, np.ndarray, list[int]]] = []  # (longest, its prefix, members)
+    for i in sorted(range(len(prompts)), key=lambda i: -prompts[i].key_start):
+        p = prompts[i]
+        prefix = p.slice(0, p.key_start)
+        for _, ref, members in groups:
+            if np.array_equal(prefix, ref[: p.key_start]):
+                members.append(i)
+                break
+        else:
+            groups.append((p, prefix, [i]))
     states: list = [None] * len(prompts)
-    state, pos = model.init_state(1), 0
-    for i in order:
-        state, _ = _stream(model, longest, state, pos, prompts[i].key_start, chunk)
-        pos = max(pos, prompts[i].key_start)
-        states[i] = state
-    return states
+    starts = [0] * len(prompts)
+    streamed = 0
+    for longest, _, members in groups:
+        state, pos = model.init_state(1), 0
+        for i in reversed(members):  # shortest prefix first
+            if prompts[i].key_start == 0:
+                continue
+            state, _ = _stream(model, longest, state, pos, prompts[i].key_start, chunk)
+            streamed += prompts[i].key_start - pos
+            pos = prompts[i].key_start
+            states[i], starts[i] = state, pos
+    return states, starts, streamed
 
 
 def run_trial(
@@ -267,8 +301,8 @@ def run_trial(
     ``shared_prefix_states``), decode, score. Returns a JSON-ready dict."""
     from ..generation import stream_generate
 
-    if prompt.runs[2][0] != parts.key_ids(prompt.key):
-        raise ValueError("the prompt's key sentence was not encoded with these parts' tokenizer")
+    if prompt.key_sentence_ids != parts.key_ids(prompt.key):
+        raise ValueError("the prompt's key sentence was not encoded with these parts (tokenizer, phrasing)")
     t0 = time.perf_counter()
     state, rest, state_bytes = prefill(
         model, prompt, prefill_segments=prefill_segments, state=state, start=start
@@ -293,11 +327,17 @@ def run_trial(
     seconds = time.perf_counter() - t0
     # the memory after the whole haystack (before decoding): finite, however long the prompt
     finite = all(bool(torch.isfinite(t).all()) for layer in state.layers for t in (layer.M, layer.z))
+    answer = first_five_digit_number(text)
     return {
         "key": prompt.key,
         "output": text,
-        "answer": first_five_digit_number(text),
-        "correct": score(text, prompt.key),
+        "answer": answer,
+        "correct": answer == prompt.key,
+        **(
+            {}
+            if prompt.distractor is None
+            else {"distractor": prompt.distractor, "answered_distractor": answer == prompt.distractor}
+        ),
         "prompt_tokens": len(prompt),
         "key_start": prompt.key_start,
         # where the answer starts inside its segment: from N - 4 on, a 5-digit answer's last digits
@@ -332,9 +372,15 @@ def run_passkey(
     max_new_tokens: int = 8,
     prefill_segments: int = 8,
     share_prefix: bool = True,
+    haystack: str = "repeated",
+    books=None,
     progress=None,
 ) -> dict[str, Any]:
     """Passkey accuracy for every (length, position) cell, ``trials`` random keys each.
+
+    ``haystack`` picks the paper's prompt (``repeated``) or one of the harder variants of
+    ``eval.haystacks`` (``books``, ``two-keys``, ``rephrased``); ``books`` is the book text's token
+    array for ``books`` (default: ``haystacks.book_ids(tokenizer)``, the held-out books).
 
     With ``share_prefix`` the trials of a cell start from ``shared_prefix_states`` (the filler
     before the key streamed once per cell, not once per trial): the same states, fewer tokens to
@@ -359,14 +405,20 @@ def run_passkey(
             raise ValueError(f"positions must be among {', '.join(POSITIONS)}, got {p!r}")
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be an int >= 1, got {trials!r}")
-    parts = PasskeyParts.from_tokenizer(tokenizer)
+    from .haystacks import book_ids, haystack_parts, haystack_prompt
+
+    parts = haystack_parts(tokenizer, haystack)
+    if haystack == "books" and books is None:
+        books = book_ids(tokenizer)
+    N = model.config.segment_len
     for length in lengths:  # fail before any long run, not halfway
         if length < parts.min_length() + 1:
             raise ValueError(
                 f"length {length} is too short for the passkey prompt "
                 f"(at least {parts.min_length() + 1} tokens with this tokenizer)"
             )
-    N = model.config.segment_len
+        for position in positions:
+            haystack_prompt(parts, haystack, length, position, "00000", N, books=books)
     cells = []
     for length in lengths:
         for position in positions:
@@ -375,10 +427,11 @@ def run_passkey(
             for trial in range(trials):
                 rng = _trial_rng(seed, length, position, trial)
                 key = str(rng.randint(10000, 99999))
-                prompts.append(build_prompt(parts, length, position, key, N, rng))
+                prompts.append(haystack_prompt(parts, haystack, length, position, key, N, rng, books=books))
             if share_prefix:
-                starts = [p.key_start for p in prompts]
-                states = shared_prefix_states(model, prompts, prefill_segments=prefill_segments)
+                states, starts, shared_tokens = shared_prefix_states(
+                    model, prompts, prefill_segments=prefill_segments
+                )
             else:
                 starts, states = [0] * trials, [None] * trials
             samples = [
@@ -396,7 +449,7 @@ def run_passkey(
             seconds = time.perf_counter() - t0
             correct = sum(s["correct"] for s in samples)
             tokens = sum(s["prompt_tokens"] for s in samples)
-            streamed = sum(s["streamed_tokens"] for s in samples) + (max(starts) if share_prefix else 0)
+            streamed = sum(s["streamed_tokens"] for s in samples) + (shared_tokens if share_prefix else 0)
             cell = {
                 "length": length,
                 "position": position,
@@ -406,6 +459,11 @@ def run_passkey(
                 "prompt_tokens": tokens,
                 "streamed_tokens": streamed,
                 "memory_finite": all(s["memory_finite"] for s in samples),
+                **(
+                    {"answered_distractor": sum(s["answered_distractor"] for s in samples)}
+                    if haystack == "two-keys"
+                    else {}
+                ),
                 "seconds": seconds,
                 "tokens_per_s": tokens / seconds if seconds > 0 else None,
                 "samples": samples,
@@ -418,6 +476,7 @@ def run_passkey(
     return {
         "lengths": lengths,
         "positions": positions,
+        "haystack": haystack,
         "trials": trials,
         "seed": seed,
         "segment_len": N,
@@ -441,6 +500,12 @@ def format_passkey_table(results: dict[str, Any]) -> str:
     lines = [header, "-" * len(header)]
     for p in positions:
         lines.append(f"{p:<8}" + "".join(f"  {cells.get((n, p), '-'):>{width}}" for n in lengths))
+    if results.get("haystack", "repeated") != "repeated":
+        lines.append(f"haystack: {results['haystack']}")
+    if "answered_distractor" in results["cells"][0]:
+        wrong = sum(c["answered_distractor"] for c in results["cells"])
+        total = sum(c["trials"] for c in results["cells"])
+        lines.append(f"answered the distractor's number instead: {wrong} of {total} trials")
     speed = results.get("tokens_per_s")
     if speed:
         lines.append(
