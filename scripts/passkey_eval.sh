@@ -18,6 +18,11 @@ ev "$MODEL" --lengths 1K,8K --trials "$TRIALS" --json "$OUT/short.json"
 ev "$MODEL" --lengths 1K,8K,32K --trials "$TRIALS" --memory-off --json "$OUT/memory_off.json"
 ev runs/passkey-copy --lengths 1K,32K --trials "$TRIALS" --json "$OUT/zero_shot.json"  # stage 0 (zero-shot)
 ev "$MODEL" --lengths 32K --trials "$TRIALS" --bf16 --json "$OUT/bf16.json"
+# harder haystacks (eval/haystacks.py): book text as filler, a second number, the key reworded
+for h in books two-keys rephrased; do
+  ev "$MODEL" --haystack "$h" --lengths 32K,128K --trials "$TRIALS" --json "$OUT/haystack_${h}.json"
+done
+ev "$MODEL" --haystack two-keys --lengths 1000000 --trials 10 --json "$OUT/haystack_two-keys_1000000.json"
 # beyond 1M: key at the start (the farthest), fewer trials
 ev "$MODEL" --lengths 2M,4M --positions start --trials 5 --json "$OUT/long.json"
 ev "$MODEL" --lengths 10M --positions start --trials 1 --json "$OUT/10m.json"

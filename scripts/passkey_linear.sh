@@ -20,3 +20,6 @@ for stem in passkey-copy passkey passkey-long passkey-8k; do
         infini train --config "$cfg" --out "runs/linear/$stem"
     fi
 done
+# the same cells as the delta chain's stage 3 (docs/results/passkey/stage3_table.json, stage3_short.json)
+infini eval passkey --model runs/linear/passkey-8k --lengths 1K,8K,32K,128K --trials 20 \
+    --json "${OUT:-docs/results/passkey}/linear_stage3.json"
