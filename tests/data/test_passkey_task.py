@@ -92,6 +92,28 @@ def test_resume_and_rank_sharding(tok):
         PasskeySampler(tok, 512, 64, 2, seed=9, min_len=300).load_state_dict(a.state_dict())
 
 
+def test_log_uniform_lengths_give_short_and_long_batches_alike(tok):
+    """Half the log-uniform draws in [256, 16384] are <= 2048 (the geometric midpoint), against ~11%
+    of uniform ones; every row length is whole segments within [min_len, seq_len]; resumable."""
+
+    def lengths(log_uniform: bool, n: int = 300) -> list[int]:
+        s = PasskeySampler(tok, 16384, 64, 1, seed=3, min_len=256, log_uniform=log_uniform)
+        return [s.next_batch().input_ids.shape[1] for _ in range(n)]
+
+    log, flat = lengths(True), lengths(False)
+    assert all(256 <= L <= 16384 and L % 64 == 0 for L in log + flat)
+    assert 0.4 < sum(L <= 2048 for L in log) / len(log) < 0.6
+    assert sum(L <= 2048 for L in flat) / len(flat) < 0.2
+    assert max(log) > 8192  # the long end is still drawn
+    a = PasskeySampler(tok, 4096, 64, 2, seed=1, min_len=300, log_uniform=True)
+    a.next_batch()
+    b = PasskeySampler(tok, 4096, 64, 2, seed=1, min_len=300, log_uniform=True)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.next_batch().input_ids, b.next_batch().input_ids)
+    with pytest.raises(ValueError, match="log_uniform=True"):
+        PasskeySampler(tok, 4096, 64, 2, seed=1, min_len=300).load_state_dict(a.state_dict())
+
+
 def test_cross_boundary_puts_a_segment_boundary_inside_the_answer(tok):
     N = 128
     crossed = set()

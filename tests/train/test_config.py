@@ -156,6 +156,11 @@ def test_unknown_names_are_errors(tmp_path, old, new, message):
         ("seq_len = 64", "seq_len = 64\nlm_every = 2", r"lm_every only applies to task = \"passkey\""),
         ("seq_len = 64", "seq_len = 64\ncopy_every = -1", r"\[data\] copy_every must be an int >= 0"),
         ("seq_len = 64", "seq_len = 64\npasskey_word_keys = 2", r"passkey_word_keys must be a number >= 0"),
+        (
+            "seq_len = 64",
+            'seq_len = 64\npasskey_lengths = "log"',
+            r"\[data\] passkey_lengths must be one of \('uniform', 'log-uniform'\), got 'log'",
+        ),
         ("max_steps = 4", "max_steps = 4\ninit_from = 3", r"\[train\] init_from must be a non-empty string"),
     ],
 )

@@ -159,7 +159,7 @@ def passkey_config(cache: Path, init_from: Path, **train_kw) -> RunConfig:
     data = {"task": "passkey", "seq_len": 512, "passkey_min_len": 320, "cache_dir": str(cache)}
     if "lm_every" in t:
         data.update(lm_every=t.pop("lm_every"), corpus=str(EXCERPT))
-    for key in ("copy_every", "passkey_copy_targets", "passkey_word_keys"):
+    for key in ("copy_every", "passkey_copy_targets", "passkey_word_keys", "passkey_lengths"):
         if key in t:
             data[key] = t.pop(key)
     return RunConfig.from_dict(
@@ -196,6 +196,8 @@ def test_passkey_fine_tuning_starts_from_the_model(tmp_path, cache, pretrained_r
 @pytest.mark.parametrize("lm_every, copy_every", [(0, 0), (2, 3)])
 def test_passkey_resume_is_bit_exact(tmp_path, cache, pretrained_run, lm_every, copy_every):
     extra = {"copy_every": copy_every, "passkey_copy_targets": True} if copy_every else {}
+    if copy_every:  # and log-uniform row lengths: the sampler's state says so and resumes with it
+        extra["passkey_lengths"] = "log-uniform"
     config = passkey_config(cache, pretrained_run, lm_every=lm_every, **extra)
     whole = train(config, out_dir=tmp_path / "whole", log=quiet, progress=False)
     train(config, out_dir=tmp_path / "split", max_steps=2, log=quiet, progress=False)
@@ -207,6 +209,7 @@ def test_passkey_resume_is_bit_exact(tmp_path, cache, pretrained_run, lm_every, 
     # steps 1..4: step 3 copies (copy_every 3), steps 2 and 4 model language (lm_every 2)
     assert ("lm_sampler" in state) == bool(lm_every) and ("copy_sampler" in state) == bool(copy_every)
     assert state["sampler"]["step"] == (1 if copy_every else 4)
+    assert state["sampler"]["log_uniform"] == bool(copy_every)
     rows = read_metrics(tmp_path / "whole")
     assert (rows[2]["copy_loss"] is not None) == bool(copy_every)
     losses = [r["loss"] for r in read_metrics(tmp_path / "whole")]

@@ -13,8 +13,9 @@ answer", so the training accuracy reads the same way as the evaluation's.
 What varies, all drawn from ``random.Random(f"passkey-train-{seed}-{step}")`` (resumable: the state
 is the step count; the evaluation's trials use other seeds, so no evaluation prompt is trained on):
 
-- the row length: one per batch, uniform in ``[min_len, seq_len]`` and rounded up to whole segments
-  (short batches are cheap; the longest put the key up to ``seq_len / N`` segments away);
+- the row length: one per batch, uniform in ``[min_len, seq_len]`` (or, with ``log_uniform``, uniform
+  in its logarithm: as many batches of 1K-8K tokens as of 64K-512K) and rounded up to whole
+  segments (short batches are cheap; the longest put the key up to ``seq_len / N`` segments away);
 - the key: 5 random digits;
 - the depth: uniform in [0, 1] (share of the filler before the key), so the key sits in any segment,
   the question's own one included;
@@ -27,6 +28,7 @@ is the step count; the evaluation's trials use other seeds, so no evaluation pro
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -103,6 +105,7 @@ class PasskeySampler:
         copy_targets: bool = False,
         word_keys: float = 0.0,
         cross_boundary: float = 0.0,
+        log_uniform: bool = False,
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -128,6 +131,7 @@ class PasskeySampler:
         if not 0.0 <= cross_boundary <= 1.0:
             raise ValueError(f"cross_boundary must be a share in [0, 1], got {cross_boundary}")
         self.cross_boundary = float(cross_boundary)
+        self.log_uniform = bool(log_uniform)
         self.step = 0
 
     def _rng(self) -> random.Random:
@@ -136,7 +140,11 @@ class PasskeySampler:
     def next_batch(self) -> Batch:
         rng = self._rng()
         N = self.segment_len
-        drawn = rng.randint(self.min_len, self.seq_len)
+        if self.log_uniform:
+            drawn = round(math.exp(rng.uniform(math.log(self.min_len), math.log(self.seq_len))))
+            drawn = min(max(drawn, self.min_len), self.seq_len)
+        else:
+            drawn = rng.randint(self.min_len, self.seq_len)
         L = min(-(-drawn // N) * N, self.seq_len)
         length = drawn - self.room  # the prompt's budget; the answer fits in the room left
         rows = []
@@ -191,6 +199,7 @@ class PasskeySampler:
             "seq_len": self.seq_len,
             "segment_len": self.segment_len,
             "min_len": self.min_len,
+            "log_uniform": self.log_uniform,
             "batch_size": self.batch_size,
             "rank": self.rank,
             "world_size": self.world_size,
@@ -199,7 +208,7 @@ class PasskeySampler:
     def load_state_dict(self, state: dict) -> None:
         """Any rank of any world size may load the state: a batch depends only on the step and the
         global batch (``batch_size * world_size``), which must match."""
-        check_sampler_state(self, state, ("seed", "seq_len", "segment_len", "min_len"))
+        check_sampler_state(self, state, ("seed", "seq_len", "segment_len", "min_len", "log_uniform"))
         saved = int(state["batch_size"]) * int(state.get("world_size", 1))
         if saved != self.batch_size * self.world_size:
             raise ValueError(

@@ -22,6 +22,7 @@ from ..models.config import ModelConfig
 AUTOCAST = ("none", "bf16")
 DIST = ("none", "ddp", "fsdp")
 TASKS = ("lm", "passkey", "summarize")
+PASSKEY_LENGTHS = ("uniform", "log-uniform")
 SUMMARY_SPLITS = ("train", "val", "test")  # ACLSum's (data/summaries.py)
 # vocab_size stand-in used to validate [model] before the tokenizer is known
 _VOCAB_PLACEHOLDER = 257
@@ -83,6 +84,9 @@ class DataConfig:
     passkey_copy_targets: bool = False  # also train on the key's second mention (local copying)
     # share of passkey rows shortened so that a segment boundary falls inside the answer
     passkey_cross_boundary: float = 0.0
+    # how each batch's row length is drawn in [passkey_min_len, seq_len]: "uniform", or "log-uniform"
+    # (as many batches of 1K-8K as of 64K-512K: short prompts stay in a long stage, cheaply)
+    passkey_lengths: str = "uniform"
     # every k-th step a batch of repeated random sequences (data/copy_task.py): grows the induction
     # heads that retrieval needs; periods in [copy_min_period, copy_max_period] (0: N / 2)
     copy_every: int = 0
@@ -109,6 +113,10 @@ class DataConfig:
         _float(s, "passkey_word_keys", self.passkey_word_keys, hi=1.0)
         _bool(s, "passkey_copy_targets", self.passkey_copy_targets)
         _float(s, "passkey_cross_boundary", self.passkey_cross_boundary, hi=1.0)
+        if self.passkey_lengths not in PASSKEY_LENGTHS:
+            raise ValueError(
+                f"[data] passkey_lengths must be one of {PASSKEY_LENGTHS}, got {self.passkey_lengths!r}"
+            )
         _int(s, "copy_every", self.copy_every, minimum=0)
         _int(s, "copy_min_period", self.copy_min_period)
         _int(s, "copy_max_period", self.copy_max_period, minimum=0)

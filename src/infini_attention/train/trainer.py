@@ -180,6 +180,7 @@ def _train(
             copy_targets=d.passkey_copy_targets,
             word_keys=d.passkey_word_keys,
             cross_boundary=d.passkey_cross_boundary,
+            log_uniform=d.passkey_lengths == "log-uniform",
             rank=dist.rank,
             world_size=dist.world_size,
         )
