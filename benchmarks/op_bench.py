@@ -100,6 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed for inputs and cotangents" + DEF)
     p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="raise glibc's mmap/trim thresholds first (infini_attention.malloc, as the infini CLI "
+        "does): large buffers are reused instead of page-faulted in anew; applies to every "
+        "implementation timed",
+    )
+    p.add_argument(
         "--json",
         metavar="PATH",
         default=None,
@@ -355,9 +362,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--device cuda given but CUDA is not available")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from infini_attention.malloc import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise SystemExit("--keep-freed-memory needs glibc (Linux)")
     dtype = DTYPES[args.dtype]
     atol = args.atol if args.atol is not None else DEFAULT_ATOL[dtype]
     info = machine_info(device)
+    info["keep_freed_memory"] = args.keep_freed_memory
     print(
         f"torch {info['torch']} | device {info['device']}"
         + (f" ({info['gpu']})" if "gpu" in info else "")
@@ -367,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"B={args.batch} H={args.heads} Hkv={args.kv_heads} Dk={args.dk} Dv={args.dv} {args.dtype}; "
         f"forward+backward, median of {args.repeats} after 1 warm-up; "
-        f"naive timed for T <= {args.skip_naive_above}",
+        f"naive timed for T <= {args.skip_naive_above}"
+        + ("; glibc thresholds raised (--keep-freed-memory)" if args.keep_freed_memory else ""),
         flush=True,
     )
 

@@ -1,10 +1,12 @@
 """Peak resident memory of one stream, with or without glibc's malloc_trim (Linux/glibc only).
 
-    python benchmarks/rss_trim.py TOKENS plain|trim [EVERY]
+    python benchmarks/rss_trim.py TOKENS plain|trim|keep [EVERY]
 
 Streams TOKENS random tokens through the issue's model (issue_model.py) in chunks of 8 segments and
 prints the peak RSS (VmHWM, reset after the warm-up) and tokens/s; "trim" calls malloc_trim(0) after
-every EVERY-th chunk (default 1). Run each case in its own process (docs/performance.md).
+every EVERY-th chunk (default 1); "keep" raises glibc's thresholds first
+(``infini_attention.malloc.keep_freed_memory``, what the CLI does). Run each case in its own
+process (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ def main() -> None:
     tokens, mode = int(sys.argv[1]), sys.argv[2]
     every = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     libc = ctypes.CDLL("libc.so.6")
+    if mode == "keep":
+        from infini_attention.malloc import keep_freed_memory
+
+        assert keep_freed_memory()
+    elif mode not in ("plain", "trim"):
+        raise SystemExit(f"mode must be plain, trim or keep, got {mode!r}")
     model = build_model(0).eval()
     x = torch.randint(0, VOCAB, (1, 2 * N))
     with torch.no_grad():  # warm-up: every code path once

@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module = importlib.import_module(f"infini_attention.commands.{args.command}")
     try:
+        from . import malloc
+
+        malloc.apply_from_env()  # freed buffers stay in the heap: no page faults per step (malloc.py)
         return int(module.run(args) or 0)
     except ModuleNotFoundError as err:
         print(
