@@ -24,7 +24,17 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=2048, help="tokens per step (batch 1)")
     p.add_argument("--segment-lens", type=int, nargs="+", default=[2048, 512, 256])
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="raise glibc's mmap/trim thresholds first (infini_attention.malloc, as the infini CLI does)",
+    )
     args = p.parse_args()
+    if args.keep_freed_memory:
+        from infini_attention.malloc import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise SystemExit("--keep-freed-memory needs glibc (Linux)")
     base, _ = load_pretrained(args.model)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.tokens} tokens per step")
     for N in args.segment_lens:

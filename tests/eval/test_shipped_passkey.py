@@ -15,7 +15,7 @@ from infini_attention.pretrained import load_pretrained
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-LENGTH, TRIALS, SEED = 8192, 4, 7
+LENGTH, TRIALS, SEED = 8192, 10, 7
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,9 @@ def test_shipped_passkey_model_retrieves_at_8k(shipped):
     model, tokenizer = shipped
     r = run_passkey(model, tokenizer, [LENGTH], trials=TRIALS, seed=SEED)
     correct = {c["position"]: c["correct"] for c in r["cells"]}
-    # measured: 2 / 4 / 3 of 4 (stage 6; stage 3 had 3 / 4 / 3); broken memory leaves only "end"
-    # (the question's own segment)
-    assert sum(correct.values()) >= 7 and min(correct.values()) >= 2, correct
+    # measured: 6 / 10 / 8 of 10 (stage 7; stage 6 had 7 / 10 / 8); broken memory leaves only "end"
+    # (the question's own segment): start and middle fall to 0
+    assert min(correct.values()) >= 5, correct
     assert all(c["memory_finite"] for c in r["cells"])
 
 
