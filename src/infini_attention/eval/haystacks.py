@@ -110,7 +110,7 @@ def _two_keys(
     # key sentence and question are longer than a segment, nothing can; build_prompt's y = 0 case.)
     j = round(rng.random() * x)
     out = _with_distractor(prompt, distractor, other, j)
-    room = len(out) - out.key_start - (len(filler_after) * y) <= segment_len
+    room = len(key_run[0]) + len(question[0]) <= segment_len  # key sentence + question fit one segment
     while room and not _in_last_segment(out, segment_len) and x + y > 0:
         if y > 0:
             y -= 1
