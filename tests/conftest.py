@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
@@ -98,12 +99,12 @@ def make_inputs():
 
 def _leaf_state(state: InfiniState, requires_grad: bool = True) -> InfiniState:
     """A copy of ``state`` whose tensors are new leaves (so gradients w.r.t. them can be read)."""
-    return InfiniState(
-        **{
-            name: getattr(state, name).detach().clone().requires_grad_(requires_grad)
-            for name in ("M", "z", "k_mem", "k_local", "v")
-        }
-    )
+
+    def leaf(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().clone()
+        return t.requires_grad_(requires_grad) if t.is_floating_point() else t
+
+    return InfiniState(**{f.name: leaf(getattr(state, f.name)) for f in dataclasses.fields(state)})
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
 """The fast op against the naive reference: outputs, final state and gradients.
 
 Gradients use a random cotangent on the output and on the final M and z, and are taken
-w.r.t. every input: q, k, v, beta, q_local, k_local and the initial state's M, z and buffers.
+w.r.t. every input: q, k, v, beta, q_local, k_local (k_next with the overlap option) and the
+initial state's M, z and buffers (and the previous segment's tail with the overlap option).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -15,8 +17,8 @@ from infini_attention.ops import InfiniState, infini_attention, infini_attention
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-STATE_FIELDS = ("M", "z", "k_mem", "k_local", "v")
-INPUT_NAMES = ("q", "k", "v", "beta", "q_local", "k_local")
+STATE_FIELDS = tuple(f.name for f in dataclasses.fields(InfiniState))
+INPUT_NAMES = ("q", "k", "v", "beta", "q_local", "k_local", "k_next")
 
 
 @dataclass(frozen=True)
@@ -29,14 +31,26 @@ class Case:
     Dv: int
     N: int
     T0: int | None = None  # tokens of an earlier call that produces the initial state (None: no state)
-    local: bool = False  # separate, random q_local / k_local
+    local: bool = False  # separate, random q_local / k_local (and k_next with an overlap)
+    overlap: int = 0  # W: local attention also sees the previous segment's last W tokens
 
     @property
     def id(self) -> str:
         s = f"B{self.B}-T{self.T}-H{self.H}-Hkv{self.Hkv}-Dk{self.Dk}-Dv{self.Dv}-N{self.N}"
         if self.T0 is not None:
             s += f"-state{self.T0}"
+        if self.overlap:
+            s += f"-W{self.overlap}"
         return s + ("-local" if self.local else "")
+
+
+def _inputs(case: Case, make_inputs, dtype, seed: int, T: int) -> dict:
+    x = make_inputs(case.B, T, case.H, case.Hkv, case.Dk, case.Dv, dtype=dtype, seed=seed, local=case.local)
+    x["k_next"] = None
+    if case.overlap and case.local:
+        g = torch.Generator().manual_seed(seed + 100)
+        x["k_next"] = torch.randn(case.B, T, case.Hkv, case.Dk, generator=g, dtype=torch.float64).to(dtype)
+    return x
 
 
 CASES_F64 = [
@@ -53,6 +67,16 @@ CASES_F64 = [
     Case(1, 13, 6, 3, 4, 4, 4, T0=16, local=True),  # state with M, z written and empty buffers
     Case(2, 2, 3, 1, 5, 2, 4, T0=9),  # 1 buffered, call ends inside the same open segment
     Case(1, 30, 2, 1, 6, 3, 7, T0=5),  # state with buffers only (z = 0), then several segments
+    # the overlap option: the previous segment's last W tokens stay visible to local attention
+    Case(2, 37, 6, 2, 5, 7, 8, overlap=3, local=True),  # several segments, ragged end
+    Case(1, 24, 3, 1, 4, 3, 6, overlap=6, local=True),  # W == N: the whole previous segment
+    Case(2, 37, 4, 2, 3, 5, 8, overlap=1),  # k_next defaults to k_local
+    Case(1, 7, 2, 1, 3, 2, 1, overlap=1, local=True),  # N == 1: the previous token
+    Case(2, 20, 4, 2, 5, 3, 8, T0=11, overlap=3, local=True),  # open segment completed, tail from state
+    Case(1, 3, 4, 4, 4, 5, 8, T0=11, overlap=2, local=True),  # open segment stays open, tail from state
+    Case(2, 5, 6, 2, 3, 4, 8, T0=3, overlap=4, local=True),  # state before any tail, segment completed
+    Case(1, 13, 6, 3, 4, 4, 4, T0=16, overlap=2, local=True),  # empty buffers, tail from state
+    Case(2, 2, 3, 1, 5, 2, 4, T0=9, overlap=3, local=True),  # 1 buffered, stays open
 ]
 
 CASES_F32 = [
@@ -60,6 +84,7 @@ CASES_F32 = [
     Case(1, 5, 2, 2, 4, 4, 8),
     Case(2, 20, 4, 2, 5, 3, 8, T0=11, local=True),
     Case(1, 3, 4, 4, 4, 5, 8, T0=3),
+    Case(2, 20, 4, 2, 5, 3, 8, T0=11, overlap=3, local=True),
 ]
 
 UPDATES = ["linear", "delta"]
@@ -72,9 +97,7 @@ def _params(cases):
 def _initial_state(case: Case, make_inputs, dtype) -> InfiniState | None:
     if case.T0 is None:
         return None
-    x = make_inputs(
-        case.B, case.T0, case.H, case.Hkv, case.Dk, case.Dv, dtype=dtype, seed=1, local=case.local
-    )
+    x = _inputs(case, make_inputs, dtype, seed=1, T=case.T0)
     with torch.no_grad():
         _, st = infini_attention(
             x["q"],
@@ -85,7 +108,10 @@ def _initial_state(case: Case, make_inputs, dtype) -> InfiniState | None:
             update="linear",
             q_local=x["q_local"],
             k_local=x["k_local"],
+            overlap=case.overlap,
+            k_next=x["k_next"],
         )
+    assert st.tail_v.shape[1] == (case.overlap if case.T0 >= case.N else 0)
     assert st.buffered == case.T0 % case.N
     return st
 
@@ -104,6 +130,8 @@ def _run(op, x, state, case: Case, update, cot, leaf_state):
         q_local=leaves.get("q_local"),
         k_local=leaves.get("k_local"),
         initial_state=st0,
+        overlap=case.overlap,
+        k_next=leaves.get("k_next"),
     )
     do, dM, dz = cot
     loss = (o * do).sum() + (st.M * dM).sum() + (st.z * dz).sum()
@@ -114,12 +142,13 @@ def _run(op, x, state, case: Case, update, cot, leaf_state):
     if st0 is not None:
         for f in STATE_FIELDS:
             t = getattr(st0, f)
-            grads[f"state.{f}"] = t.grad if t.grad is not None else torch.zeros_like(t)
+            if t.is_floating_point():
+                grads[f"state.{f}"] = t.grad if t.grad is not None else torch.zeros_like(t)
     return o.detach(), st.detach(), grads
 
 
 def _compare(case: Case, update: str, dtype, atol, rtol, make_inputs, leaf_state, assert_close):
-    x = make_inputs(case.B, case.T, case.H, case.Hkv, case.Dk, case.Dv, dtype=dtype, seed=0, local=case.local)
+    x = _inputs(case, make_inputs, dtype, seed=0, T=case.T)
     state = _initial_state(case, make_inputs, dtype)
     g = torch.Generator().manual_seed(2)
     mem = torch.float64 if dtype == torch.float64 else torch.float32
@@ -159,10 +188,11 @@ def test_fast_matches_naive_float32(case, update, make_inputs, leaf_state, asser
     _compare(case, update, torch.float32, 1e-4, 1e-5, make_inputs, leaf_state, assert_close)
 
 
-def test_gradients_reach_every_input(make_inputs, leaf_state):
+@pytest.mark.parametrize("overlap", [0, 3])  # 3: the tail reaches into the 2 buffered tokens
+def test_gradients_reach_every_input(overlap, make_inputs, leaf_state):
     """Guards the comparison above against vacuous zero gradients: every input matters."""
-    case = Case(1, 10, 4, 2, 3, 3, 4, T0=6, local=True)
-    x = make_inputs(case.B, case.T, case.H, case.Hkv, case.Dk, case.Dv, seed=0, local=True)
+    case = Case(1, 10, 4, 2, 3, 3, 4, T0=6, local=True, overlap=overlap)
+    x = _inputs(case, make_inputs, torch.float64, seed=0, T=case.T)
     state = _initial_state(case, make_inputs, torch.float64)
     g = torch.Generator().manual_seed(3)
     cot = (
@@ -173,43 +203,41 @@ def test_gradients_reach_every_input(make_inputs, leaf_state):
     for op in (infini_attention, infini_attention_naive):
         for update in UPDATES:
             _, _, grads = _run(op, x, state, case, update, cot, leaf_state)
+            if overlap:  # the tail and the open segment's next-segment keys are really used
+                assert {"k_next", "state.k_next", "state.tail_k", "state.tail_v"} <= set(grads)
             for n, gr in grads.items():
-                assert gr.abs().max() > 0, f"{op.__name__} {update}: gradient w.r.t. {n} is zero"
+                if gr.numel():
+                    assert gr.abs().max() > 0, f"{op.__name__} {update}: gradient w.r.t. {n} is zero"
 
 
 # --- torch.autograd.gradcheck on small float64 inputs, with an initial state ------------------
 
 
-def _gradcheck_inputs(make_inputs, leaf_state):
-    B, T, H, Hkv, Dk, Dv, N = 1, 7, 4, 2, 3, 2, 3
-    x = make_inputs(B, T, H, Hkv, Dk, Dv, seed=5, local=True)
-    x0 = make_inputs(B, 4, H, Hkv, Dk, Dv, seed=6, local=True)
-    with torch.no_grad():
-        # one segment written (z > 0 keeps the delta rule's 1/(sigma(K) z + eps) tame), 1 buffered;
-        # the checked call completes that open segment, writes one more and leaves 2 tokens buffered
-        _, st = infini_attention(
-            x0["q"], x0["k"], x0["v"], x0["beta"], segment_len=N, q_local=x0["q_local"], k_local=x0["k_local"]
-        )
-    st = leaf_state(st)
-    tensors = [x[n].detach().clone().requires_grad_() for n in INPUT_NAMES] + [
-        getattr(st, f) for f in STATE_FIELDS
-    ]
-    return tensors, N
+def _gradcheck_inputs(overlap: int, make_inputs, leaf_state):
+    case = Case(1, 7, 4, 2, 3, 2, 3, local=True, overlap=overlap, T0=4)
+    x = _inputs(case, make_inputs, torch.float64, seed=5, T=case.T)
+    # one segment written (z > 0 keeps the delta rule's 1/(sigma(K) z + eps) tame), 1 buffered;
+    # the checked call completes that open segment, writes one more and leaves 2 tokens buffered
+    st = leaf_state(_initial_state(case, make_inputs, torch.float64))
+    names = [n for n in INPUT_NAMES if x[n] is not None]
+    fields = [f for f in STATE_FIELDS if getattr(st, f).is_floating_point() and getattr(st, f).numel()]
+    tensors = [x[n].detach().clone().requires_grad_() for n in names] + [getattr(st, f) for f in fields]
+    return case, st, names, fields, tensors
 
 
+@pytest.mark.parametrize("overlap", [0, 2])
 @pytest.mark.parametrize(
     "op_name,update",
     [("fast", "linear"), ("fast", "delta"), ("naive", "linear"), ("naive", "delta")],
 )
-def test_gradcheck(op_name, update, make_inputs, leaf_state):
+def test_gradcheck(op_name, update, overlap, make_inputs, leaf_state):
     op = {"fast": infini_attention, "naive": infini_attention_naive}[op_name]
-    tensors, N = _gradcheck_inputs(make_inputs, leaf_state)
+    case, st, names, fields, tensors = _gradcheck_inputs(overlap, make_inputs, leaf_state)
 
-    def f(q, k, v, beta, q_local, k_local, M, z, k_mem, k_loc_buf, v_buf):
-        st0 = InfiniState(M=M, z=z, k_mem=k_mem, k_local=k_loc_buf, v=v_buf)
-        o, st = op(
-            q, k, v, beta, segment_len=N, update=update, q_local=q_local, k_local=k_local, initial_state=st0
-        )
-        return o, st.M, st.z, st.k_mem, st.k_local, st.v
+    def f(*args):
+        inputs = dict(zip(names, args[: len(names)], strict=True))
+        st0 = dataclasses.replace(st, **dict(zip(fields, args[len(names) :], strict=True)))
+        o, st1 = op(**inputs, segment_len=case.N, update=update, initial_state=st0, overlap=case.overlap)
+        return o, st1.M, st1.z, st1.k_mem, st1.k_local, st1.v, st1.k_next, st1.tail_k, st1.tail_v
 
     assert torch.autograd.gradcheck(f, tuple(tensors), eps=1e-6, atol=1e-6, rtol=1e-5)

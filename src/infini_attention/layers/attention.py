@@ -20,6 +20,10 @@ class InfiniAttention(nn.Module):
     Q, K, V are shared by both paths; the only parameters beyond ordinary attention are the
     per-head gate logits ``gate`` ``[H]`` (memory weight ``sigmoid(gate)``). RoPE is applied
     to the local path only, at positions that restart every segment.
+
+    ``overlap`` W > 0 (not in the paper) lets local attention also see the previous segment's
+    last W tokens: a segment's tokens sit at positions W..W+N-1 and the previous segment's last
+    W at 0..W-1, so the RoPE table covers N + W positions and relative distances stay exact.
     """
 
     def __init__(
@@ -36,8 +40,12 @@ class InfiniAttention(nn.Module):
         gate_init: float = 0.0,
         bias: bool = False,
         mem_eps: float = 1e-6,
+        overlap: int = 0,
     ) -> None:
         super().__init__()
+        if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= segment_len:
+            raise ValueError(f"overlap must be an int in [0, segment_len={segment_len}], got {overlap!r}")
+        self.overlap = overlap
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.segment_len, self.update, self.mem_eps = segment_len, update, mem_eps
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
@@ -45,7 +53,7 @@ class InfiniAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=False)
         self.gate = nn.Parameter(torch.full((n_heads,), float(gate_init)))
-        self.rope = RotaryEmbedding(head_dim, segment_len, rope_theta, rope_scaling)
+        self.rope = RotaryEmbedding(head_dim, segment_len + overlap, rope_theta, rope_scaling)
         self.op = infini_attention  # tests swap in infini_attention_naive
 
     def init_state(self, batch_size: int, dtype: torch.dtype, device: torch.device) -> InfiniState:
@@ -65,7 +73,11 @@ class InfiniAttention(nn.Module):
             # sigma(-1e4) = elu(-1e4) + 1 is exactly 0 in float32: padding adds nothing to M or z
             k_mem = k.masked_fill(pad_mask[:, :, None, None], _NO_WRITE)
         t0 = 0 if state is None else state.buffered  # offset inside the open segment
-        positions = (t0 + torch.arange(T, device=x.device)) % self.segment_len
+        N, W = self.segment_len, self.overlap
+        positions = (t0 + torch.arange(T, device=x.device)) % N + W  # [T]
+        k_next = None
+        if W:  # as the next segment sees them: N earlier (only the last W of a segment are used)
+            k_next = self.rope(k, (positions - N).clamp(min=0))
         o, state = self.op(
             q,
             k_mem,
@@ -77,5 +89,7 @@ class InfiniAttention(nn.Module):
             k_local=self.rope(k, positions),
             initial_state=state,
             eps=self.mem_eps,
+            overlap=W,
+            k_next=k_next,
         )  # o: [B, T, H, D]
         return self.o_proj(o.flatten(2)), state

@@ -37,6 +37,9 @@ class ModelConfig:
     gate_init: float = 0.0  # initial gate logit; sigmoid(0) = 0.5 mixes memory and local equally
     attention_bias: bool = False  # biases on the q/k/v projections (Qwen2 has them)
     mem_eps: float = 1e-6  # added to the retrieval denominator
+    # Not in the paper (0 = the paper): local attention also sees the previous segment's last
+    # ``local_overlap`` tokens, so tokens just after a boundary keep some local context.
+    local_overlap: int = 0
     init_std: float = 0.02
     # The attention of every block. "infini" is the library's; the others are baselines
     # (layers/cached.py): "local" (segment only), "transformer-xl" (+ previous segment, cached
@@ -90,6 +93,13 @@ class ModelConfig:
             raise ValueError(f"knn_layer must be in [0, n_layers={self.n_layers}), got {self.knn_layer}")
         if self.knn_memory is not None:
             _positive_int("knn_memory", self.knn_memory)
+        overlap = self.local_overlap
+        if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= self.segment_len:
+            raise ValueError(
+                f"local_overlap must be an int in [0, segment_len={self.segment_len}], got {overlap!r}"
+            )
+        if overlap and self.attention != "infini":
+            raise ValueError(f"local_overlap is an option of attention = 'infini', not {self.attention!r}")
         for name in ("tie_embeddings", "attention_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -110,6 +110,7 @@ def _attention(c: ModelConfig, index: int) -> nn.Module:
             gate_init=c.gate_init,
             bias=c.attention_bias,
             mem_eps=c.mem_eps,
+            overlap=c.local_overlap,
         )
     knn = c.attention == "memorizing" and index == c.knn_layer
     mode = {"memorizing": "transformer-xl", "rmt": "local"}.get(c.attention, c.attention)

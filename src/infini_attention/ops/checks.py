@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .state import InfiniState, memory_dtype
@@ -24,8 +25,10 @@ def check_inputs(
     k_local: Tensor | None,
     initial_state: InfiniState | None,
     eps: float,
-) -> tuple[Tensor, Tensor, InfiniState]:
-    """Validate op inputs; return (q_local, k_local, state) with defaults filled in.
+    overlap: int = 0,
+    k_next: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, InfiniState]:
+    """Validate op inputs; return (q_local, k_local, k_next, state) with defaults filled in.
 
     Every problem is a ``ValueError`` that names what was expected and what was received.
     """
@@ -58,6 +61,8 @@ def check_inputs(
         raise ValueError(f"update must be one of {UPDATE_RULES}, got {update!r}")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= segment_len:
+        raise ValueError(f"overlap must be an int in [0, segment_len={segment_len}], got {overlap!r}")
 
     q_local = q if q_local is None else q_local
     k_local = k if k_local is None else k_local
@@ -71,29 +76,41 @@ def check_inputs(
             f"got {q_local.dtype} and {k_local.dtype}"
         )
 
+    k_next = k_local if k_next is None else k_next
+    if not isinstance(k_next, Tensor) or _shape(k_next) != _shape(k) or k_next.dtype != q.dtype:
+        got = f"{_describe(k_next)} {getattr(k_next, 'dtype', '')}".strip()
+        raise ValueError(f"k_next must have the shape and dtype of k {_shape(k)} {q.dtype}, got {got}")
+
     Dv = v.shape[3]
     if initial_state is None:
         state = InfiniState.zeros(B, Hkv, Dk, Dv, dtype=q.dtype, device=q.device)
     else:
         state = initial_state
-        _check_state(state, B, Hkv, Dk, Dv, segment_len, q)
-    return q_local, k_local, state
+        _check_state(state, B, Hkv, Dk, Dv, segment_len, q, overlap)
+    return q_local, k_local, k_next, state
 
 
 def _describe(t: object) -> str:
     return str(_shape(t)) if isinstance(t, Tensor) else type(t).__name__
 
 
-def _check_state(state: InfiniState, B: int, Hkv: int, Dk: int, Dv: int, segment_len: int, q: Tensor) -> None:
+def _check_state(
+    state: InfiniState, B: int, Hkv: int, Dk: int, Dv: int, segment_len: int, q: Tensor, overlap: int
+) -> None:
     if not isinstance(state, InfiniState):
         raise ValueError(f"initial_state must be an InfiniState, got {type(state).__name__}")
     t = state.v.shape[1] if state.v.dim() == 4 else -1
+    w = state.tail_v.shape[1] if state.tail_v.dim() == 4 else -1
     expected = {
         "M": (B, Hkv, Dk, Dv),
         "z": (B, Hkv, Dk),
         "k_mem": (B, t, Hkv, Dk),
         "k_local": (B, t, Hkv, Dk),
         "v": (B, t, Hkv, Dv),
+        "k_next": (B, t if overlap else 0, Hkv, Dk),
+        "tail_k": (B, w, Hkv, Dk),
+        "tail_v": (B, w, Hkv, Dv),
+        "tail_valid": (B, w),
     }
     for name, shape in expected.items():
         got = _shape(getattr(state, name))
@@ -107,11 +124,18 @@ def _check_state(state: InfiniState, B: int, Hkv: int, Dk: int, Dv: int, segment
             f"initial_state holds {t} buffered tokens, but segment_len={segment_len} allows "
             f"at most {segment_len - 1} (a state from another segment length?)"
         )
-    for name in ("k_mem", "k_local", "v"):
+    if w > overlap:
+        raise ValueError(
+            f"initial_state holds a tail of {w} tokens of the previous segment, but overlap={overlap} "
+            f"allows at most {overlap} (a state from another overlap?)"
+        )
+    for name in ("k_mem", "k_local", "v", "k_next", "tail_k", "tail_v"):
         if getattr(state, name).dtype != q.dtype:
             raise ValueError(
                 f"initial_state.{name} is {getattr(state, name).dtype}, but the inputs are {q.dtype}"
             )
+    if state.tail_valid.dtype != torch.bool:
+        raise ValueError(f"initial_state.tail_valid must be bool, got {state.tail_valid.dtype}")
     want = memory_dtype(q.dtype)
     if state.M.dtype != want or state.z.dtype != want:
         raise ValueError(

@@ -17,6 +17,8 @@ per key/value head, Dk key dim, Dv value dim, N segment length, S complete segme
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -39,6 +41,8 @@ def infini_attention(
     k_local: Tensor | None = None,
     initial_state: InfiniState | None = None,
     eps: float = 1e-6,
+    overlap: int = 0,
+    k_next: Tensor | None = None,
 ) -> tuple[Tensor, InfiniState]:
     """Infini-attention over a stream chunk, before the output projection.
 
@@ -52,13 +56,18 @@ def infini_attention(
         q_local, k_local: position-encoded copies for the local softmax path (default q, k).
         initial_state: state returned by an earlier call; continues that stream.
         eps: added to the retrieval denominator (the first segment retrieves zeros).
+        overlap: W, not in the paper (0 = the paper): local attention also sees the last W
+            tokens of the previous segment, so a segment's first tokens keep some local context.
+            Memory reads and writes are unchanged.
+        k_next: ``[B, T, Hkv, Dk]`` the keys as the *next* segment's queries see them (with
+            RoPE: rotated to positions W - N + p instead of W + p); default ``k_local``.
 
     Returns:
         ``(o, state)``: ``o`` is ``[B, T, H, Dv]``; ``state`` continues the stream. Splitting
         an input at any points and chaining the calls gives the same outputs and final state.
     """
-    q_local, k_local, state = check_inputs(
-        q, k, v, beta, segment_len, update, q_local, k_local, initial_state, eps
+    q_local, k_local, k_next, state = check_inputs(
+        q, k, v, beta, segment_len, update, q_local, k_local, initial_state, eps, overlap, k_next
     )
     B, T, H, _ = q.shape
     if T == 0:
@@ -71,22 +80,30 @@ def infini_attention(
     # 1. Finish the segment an earlier call left open, if any.
     t0 = state.buffered
     n0 = min(N - t0, T) if t0 > 0 else 0
+    W = overlap
+    # the previous segment's last keys (overlap option; w = 0 otherwise): [B, w, ...]
+    tail = _Tail(state.tail_k, state.tail_v, state.tail_valid)
     if n0 > 0:
         k_mem_seg = torch.cat([state.k_mem, k[:, :n0]], dim=1)  # [B, t0+n0, Hkv, Dk]
         k_loc_seg = torch.cat([state.k_local, k_local[:, :n0]], dim=1)
         v_seg = torch.cat([state.v, v[:, :n0]], dim=1)
+        k_next_seg = torch.cat([state.k_next, k_next[:, :n0]], dim=1) if W else state.k_next
         # queries sit at positions t0..t0+n0-1 of the segment: a bottom-right causal mask
         causal = torch.ones(n0, t0 + n0, dtype=torch.bool, device=q.device).tril(diagonal=t0)
-        a_dot = _local_attention(q_local[:, None, :n0], k_loc_seg[:, None], v_seg[:, None], causal)
+        a_dot = _local_attention(
+            q_local[:, None, :n0], k_loc_seg[:, None], v_seg[:, None], causal, tail.per_segment()
+        )
         a_mem = _retrieve(q[:, None, :n0], M[:, None], z[:, None], eps)
         outs.append(_mix(gate, a_mem[:, 0], a_dot[:, 0]))
         if t0 + n0 < N:  # still open: nothing is written yet
-            return outs[0], InfiniState(M, z, k_mem_seg, k_loc_seg, v_seg)
+            return outs[0], InfiniState(M, z, k_mem_seg, k_loc_seg, v_seg, k_next_seg, *tail)
         M_all, z_all = _write(M, z, k_mem_seg[:, None], v_seg[:, None], update, eps)
         M, z = M_all[:, -1], z_all[:, -1]
+        if W:
+            tail = _Tail.of(k_next_seg, v_seg, W)
 
     # 2. The rest starts on a segment boundary: S complete segments, then r tokens.
-    q, k, v, q_local, k_local = (t[:, n0:] for t in (q, k, v, q_local, k_local))
+    q, k, v, q_local, k_local, k_next = (t[:, n0:] for t in (q, k, v, q_local, k_local, k_next))
     T = q.shape[1]
     S, r = divmod(T, N)
     full = S * N
@@ -97,20 +114,77 @@ def infini_attention(
     if S > 0:
         # memory before each segment, and after the last one: [B, S+1, Hkv, Dk, (Dv)]
         M_all, z_all = _write(M, z, segments(k), segments(v), update, eps)
-        a_dot = _local_attention(segments(q_local), segments(k_local), segments(v), None)
+        tails = None
+        if W:  # segment 0 sees the tail from before; segment s > 0 the end of segment s - 1
+            ends = slice(N - W, N)
+            tails = tail.padded(W).stacked_with(segments(k_next)[:, :-1, ends], segments(v)[:, :-1, ends])
+        a_dot = _local_attention(segments(q_local), segments(k_local), segments(v), None, tails)
         a_mem = _retrieve(segments(q), M_all[:, :S], z_all[:, :S], eps)
         outs.append(_mix(gate, a_mem, a_dot).flatten(1, 2))
         M, z = M_all[:, S], z_all[:, S]
+        if W:
+            tail = _Tail.of(k_next[:, :full], v[:, :full], W)
     if r > 0:
-        tail = slice(full, T)
-        a_dot = _local_attention(q_local[:, None, tail], k_local[:, None, tail], v[:, None, tail], None)
-        a_mem = _retrieve(q[:, None, tail], M[:, None], z[:, None], eps)
+        rest = slice(full, T)
+        a_dot = _local_attention(
+            q_local[:, None, rest], k_local[:, None, rest], v[:, None, rest], None, tail.per_segment()
+        )
+        a_mem = _retrieve(q[:, None, rest], M[:, None], z[:, None], eps)
         outs.append(_mix(gate, a_mem[:, 0], a_dot[:, 0]))
     # buffers are copies so they do not keep the whole input alive
     new_state = InfiniState(
-        M=M, z=z, k_mem=k[:, full:].clone(), k_local=k_local[:, full:].clone(), v=v[:, full:].clone()
+        M=M,
+        z=z,
+        k_mem=k[:, full:].clone(),
+        k_local=k_local[:, full:].clone(),
+        v=v[:, full:].clone(),
+        k_next=k_next[:, full:].clone() if W else state.k_next,
+        tail_k=tail.k.clone(),
+        tail_v=tail.v.clone(),
+        tail_valid=tail.valid,
     )
     return torch.cat(outs, dim=1), new_state
+
+
+class _Tail(NamedTuple):
+    """The overlap option's view of the previous segment: its last w keys and values.
+
+    k ``[B, (S,) w, Hkv, Dk]``, v ``[B, (S,) w, Hkv, Dv]``, valid ``[B, (S,) w]`` (False: never seen).
+    """
+
+    k: Tensor
+    v: Tensor
+    valid: Tensor
+
+    @classmethod
+    def of(cls, k_next: Tensor, v: Tensor, w: int) -> _Tail:
+        """The last ``w`` tokens of a complete segment ``[B, >= w, ...]``."""
+        valid = torch.ones(v.shape[0], w, dtype=torch.bool, device=v.device)
+        return cls(k_next[:, -w:], v[:, -w:], valid)
+
+    def padded(self, w: int) -> _Tail:
+        """Left-pad to ``w`` tokens with invisible zeros (a stream's first segments have fewer)."""
+        missing = w - self.v.shape[1]
+        if missing == 0:
+            return self
+
+        def pad(t: Tensor) -> Tensor:
+            return torch.cat([t.new_zeros(t.shape[0], missing, *t.shape[2:]), t], dim=1)
+
+        return _Tail(pad(self.k), pad(self.v), pad(self.valid))
+
+    def per_segment(self) -> _Tail:
+        """``[B, w, ...]`` -> ``[B, 1, w, ...]``: the tail of one segment."""
+        return _Tail(*(t[:, None] for t in self))
+
+    def stacked_with(self, k: Tensor, v: Tensor) -> _Tail:
+        """This tail for segment 0, then ``k``/``v`` ``[B, S-1, w, ...]`` (all visible) for the rest."""
+        valid = torch.ones(*v.shape[:3], dtype=torch.bool, device=v.device)
+        return _Tail(
+            torch.cat([self.k[:, None], k], dim=1),
+            torch.cat([self.v[:, None], v], dim=1),
+            torch.cat([self.valid[:, None], valid], dim=1),
+        )
 
 
 _MASKED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -122,14 +196,25 @@ def _mix(gate: Tensor, a_mem: Tensor, a_dot: Tensor) -> Tensor:
     return g * a_mem.to(a_dot.dtype) + (1 - g) * a_dot
 
 
-def _local_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+def _local_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, tail: _Tail | None = None
+) -> Tensor:
     """Causal softmax attention inside each segment, eq (6).
 
     q ``[B, S, n, H, Dk]``, k ``[B, S, m, Hkv, Dk]``, v ``[B, S, m, Hkv, Dv]`` -> ``[B, S, n, H, Dv]``.
-    ``mask`` (``[n, m]``, True = attend) replaces the plain causal mask when n != m.
+    ``mask`` (``[n, m]``, True = attend) replaces the plain causal mask when n != m. ``tail``
+    (overlap option, ``[B, S, w, ...]``): keys before the segment that every query may see.
     """
     B, S, n, H, _ = q.shape
-    Hkv = k.shape[3]
+    m, Hkv = k.shape[2], k.shape[3]
+    if tail is not None and tail.v.shape[2] > 0:
+        w = tail.v.shape[2]
+        if mask is None:
+            mask = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+        # [B, S, n, w + m]: the valid tail keys, then the segment's own (causal) keys
+        mask = torch.cat([tail.valid[:, :, None, :].expand(B, S, n, w), mask.expand(B, S, n, m)], dim=-1)
+        mask = mask.flatten(0, 1)[:, None]  # [B*S, 1, n, w + m]
+        k, v = torch.cat([tail.k, k], dim=2), torch.cat([tail.v, v], dim=2)
 
     def heads_first(t: Tensor) -> Tensor:  # [B, S, n, h, d] -> [B*S, h, n, d]
         return t.flatten(0, 1).transpose(1, 2)

@@ -37,10 +37,12 @@ def infini_attention_naive(
     k_local: Tensor | None = None,
     initial_state: InfiniState | None = None,
     eps: float = 1e-6,
+    overlap: int = 0,
+    k_next: Tensor | None = None,
 ) -> tuple[Tensor, InfiniState]:
     """Same contract as :func:`infini_attention.ops.infini_attention`, one segment at a time."""
-    q_local, k_local, state = check_inputs(
-        q, k, v, beta, segment_len, update, q_local, k_local, initial_state, eps
+    q_local, k_local, k_next, state = check_inputs(
+        q, k, v, beta, segment_len, update, q_local, k_local, initial_state, eps, overlap, k_next
     )
     B, T, H, Dk = q.shape
     Hkv, Dv = v.shape[2], v.shape[3]
@@ -54,7 +56,10 @@ def infini_attention_naive(
     K_mem = torch.cat([state.k_mem, k], dim=1)  # [B, t0+T, Hkv, Dk]
     K_loc = torch.cat([state.k_local, k_local], dim=1)  # [B, t0+T, Hkv, Dk]
     V = torch.cat([state.v, v], dim=1)  # [B, t0+T, Hkv, Dv]
+    K_next = torch.cat([state.k_next, k_next], dim=1) if overlap else None  # [B, t0+T, Hkv, Dk]
     total = t0 + T
+    # The overlap option: the last keys of the previous segment, seen by this segment's queries.
+    tail_k, tail_v, tail_valid = state.tail_k, state.tail_v, state.tail_valid  # [B, w, ...]
 
     M = [state.M[:, j] for j in range(Hkv)]  # per KV head: [B, Dk, Dv]
     z = [state.z[:, j] for j in range(Hkv)]  # per KV head: [B, Dk]
@@ -68,14 +73,19 @@ def infini_attention_naive(
         query_pos = torch.arange(q_from, seg_end, device=q.device)
         key_pos = torch.arange(seg_start, seg_end, device=q.device)
         causal = key_pos[None, :] <= query_pos[:, None]  # [n_q, n]
+        # every query also sees the valid tail keys (none without the overlap option)
+        w = tail_k.shape[1]
+        n_q = len(query_pos)
+        visible = torch.cat([tail_valid[:, None, :].expand(B, n_q, w), causal.expand(B, n_q, -1)], dim=-1)
 
         for h in range(H):
             j = h // group
             # eq (6): causal dot-product attention inside the segment, scale 1/sqrt(d_key)
-            scores = q_local[:, rows, h] @ K_loc[:, seg_start:seg_end, j].transpose(1, 2)
-            scores = scores / math.sqrt(Dk)
-            scores = scores.masked_fill(~causal, float("-inf"))
-            A_dot = torch.softmax(scores, dim=-1) @ V[:, seg_start:seg_end, j]  # [B, n_q, Dv]
+            keys = torch.cat([tail_k[:, :, j], K_loc[:, seg_start:seg_end, j]], dim=1)  # [B, w+n, Dk]
+            values = torch.cat([tail_v[:, :, j], V[:, seg_start:seg_end, j]], dim=1)  # [B, w+n, Dv]
+            scores = q_local[:, rows, h] @ keys.transpose(1, 2) / math.sqrt(Dk)  # [B, n_q, w+n]
+            scores = scores.masked_fill(~visible, float("-inf"))
+            A_dot = torch.softmax(scores, dim=-1) @ values  # [B, n_q, Dv]
 
             # eq (7): retrieval from the memory of earlier segments only (no position encoding)
             sq = sigma(q[:, rows, h]).to(mem_dtype)  # [B, n_q, Dk]
@@ -96,6 +106,10 @@ def infini_attention_naive(
                 retrieved = (sk @ M[j]) / ((sk @ z[j].unsqueeze(-1)) + eps)
                 M[j] = M[j] + sk.transpose(1, 2) @ (Vj - retrieved)  # eq (9)
             z[j] = z[j] + sk.sum(dim=1)  # eq (8), also for the delta rule
+        if overlap:
+            tail_k = K_next[:, seg_end - overlap : seg_end]
+            tail_v = V[:, seg_end - overlap : seg_end]
+            tail_valid = torch.ones(B, overlap, dtype=torch.bool, device=q.device)
 
     open_from = (total // N) * N if T > 0 else 0  # the open segment after this call
     new_state = InfiniState(
@@ -104,5 +118,9 @@ def infini_attention_naive(
         k_mem=K_mem[:, open_from:].clone(),
         k_local=K_loc[:, open_from:].clone(),
         v=V[:, open_from:].clone(),
+        k_next=K_next[:, open_from:].clone() if overlap else state.k_next,
+        tail_k=tail_k.clone(),
+        tail_v=tail_v.clone(),
+        tail_valid=tail_valid,
     )
     return out, new_state

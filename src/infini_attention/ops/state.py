@@ -1,7 +1,8 @@
 """The recurrent state of one Infini-attention layer.
 
 Shape legend: B batch, Hkv key/value heads, Dk key dim, Dv value dim,
-t tokens of the current, unfinished segment (0 <= t < N).
+t tokens of the current, unfinished segment (0 <= t < N), w tokens of the previous segment
+that local attention still sees (0 <= w <= overlap; always 0 without the overlap option).
 """
 
 from __future__ import annotations
@@ -26,6 +27,20 @@ class InfiniState:
     k_mem: Tensor  # [B, t, Hkv, Dk] memory-path keys (no position encoding) of the open segment
     k_local: Tensor  # [B, t, Hkv, Dk] position-encoded keys of the open segment
     v: Tensor  # [B, t, Hkv, Dv] values of the open segment
+    # The overlap option only (``overlap > 0``); None means empty (the paper's state):
+    k_next: Tensor | None = None  # [B, t or 0, Hkv, Dk] open segment's keys as the next segment sees them
+    tail_k: Tensor | None = None  # [B, w, Hkv, Dk] last keys of the previous segment, encoded for this one
+    tail_v: Tensor | None = None  # [B, w, Hkv, Dv] their values
+    tail_valid: Tensor | None = None  # [B, w] bool: False where a row was reset (another input's tail)
+
+    def __post_init__(self) -> None:
+        empty_k = self.k_mem[:, :0]  # [B, 0, Hkv, Dk]
+        for name, default in (("k_next", empty_k), ("tail_k", empty_k), ("tail_v", self.v[:, :0])):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+        if self.tail_valid is None:
+            valid = torch.zeros(self.tail_v.shape[:2], dtype=torch.bool, device=self.tail_v.device)
+            object.__setattr__(self, "tail_valid", valid)
 
     @classmethod
     def zeros(
@@ -73,10 +88,16 @@ class InfiniState:
         """Empty memory (M = 0, z = 0) for the batch rows where ``rows`` ``[B]`` is True.
 
         Multiplies rather than assigns, so autograd stays simple; buffers are kept (callers
-        reset at segment boundaries, where they are empty).
+        reset at segment boundaries, where they are empty). The previous segment's tail (the
+        overlap option) is hidden from those rows' local attention.
         """
         keep = (~rows.bool()).to(self.M.dtype)  # [B]
-        return replace(self, M=self.M * keep[:, None, None, None], z=self.z * keep[:, None, None])
+        return replace(
+            self,
+            M=self.M * keep[:, None, None, None],
+            z=self.z * keep[:, None, None],
+            tail_valid=self.tail_valid & ~rows.bool()[:, None],
+        )
 
     def to(self, device: torch.device | str) -> InfiniState:
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
