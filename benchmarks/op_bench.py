@@ -65,6 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["linear", "delta"],
         help="memory update rules to time" + DEF,
     )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="local-overlap W of the Infini ops (0: the paper; W > 0 sees the previous segment's last W)"
+        + DEF,
+    )
     p.add_argument("--batch", type=int, default=1, help="batch size B" + DEF)
     p.add_argument("--heads", type=int, default=8, help="query heads H" + DEF)
     p.add_argument(
@@ -188,10 +196,12 @@ class FullAttention:
 class Case:
     """Inputs, cotangent and the fast / naive fwd+bwd closures for one (T, N, update)."""
 
-    def __init__(self, args: argparse.Namespace, T: int, N: int, update: str, device: torch.device):
+    def __init__(
+        self, args: argparse.Namespace, T: int, N: int, update: str, device: torch.device, overlap: int = 0
+    ):
         randn = make_randn(args, args.seed + 1_000_003 * T, device)
         B, H, Hkv, Dk, Dv = args.batch, args.heads, args.kv_heads, args.dk, args.dv
-        self.T, self.N, self.update = T, N, update
+        self.T, self.N, self.update, self.overlap = T, N, update, overlap
         # Infini ops: [B, T, heads, D]
         self.q, self.k, self.v = randn(B, T, H, Dk), randn(B, T, Hkv, Dk), randn(B, T, Hkv, Dv)
         self.beta = randn(H)
@@ -203,7 +213,15 @@ class Case:
         def run() -> torch.Tensor:
             for t in (self.q, self.k, self.v, self.beta):
                 t.grad = None
-            out, _ = op(self.q, self.k, self.v, self.beta, segment_len=self.N, update=self.update)
+            out, _ = op(
+                self.q,
+                self.k,
+                self.v,
+                self.beta,
+                segment_len=self.N,
+                update=self.update,
+                overlap=self.overlap,
+            )
             (out * self.cot).sum().backward()
             return out
 
@@ -232,7 +250,13 @@ class Case:
         else:
             with torch.no_grad():
                 out_naive, _ = infini_attention_naive(
-                    self.q, self.k, self.v, self.beta, segment_len=self.N, update=self.update
+                    self.q,
+                    self.k,
+                    self.v,
+                    self.beta,
+                    segment_len=self.N,
+                    update=self.update,
+                    overlap=self.overlap,
                 )
             pairs = []
         diffs = [(a - b).abs().max().item() for a, b in pairs]
@@ -284,14 +308,15 @@ def fmt_speedup(num: float | None, den: float | None) -> str:
 def bench_T(args: argparse.Namespace, T: int, device: torch.device, atol: float) -> list[dict]:
     """All (N, update) cases at one T, timed interleaved together with full attention."""
     time_naive = T <= args.skip_naive_above  # noqa: SIM300 (T is the sequence length)
-    cases = [Case(args, T, N, u, device) for N in args.N for u in args.update]
+    cases = [Case(args, T, N, u, device, W) for N in args.N for u in args.update for W in args.overlap]
 
     # correctness first (this also warms up fast, and naive when it is timed)
     for c in cases:
         chk = c.check_result = c.check(atol, run_naive_backward=time_naive)
         grad = "fwd only" if chk["grad_max_abs_diff"] is None else f"{chk['grad_max_abs_diff']:.2e}"
         print(
-            f"check T={T} N={c.N} {c.update}: max|fast-naive| out {chk['out_max_abs_diff']:.2e}, "
+            f"check T={T} N={c.N} {c.update} W={c.overlap}: "
+            f"max|fast-naive| out {chk['out_max_abs_diff']:.2e}, "
             f"grads {grad} -> {'ok' if chk['ok'] else 'FAIL'}",
             flush=True,
         )
@@ -330,6 +355,7 @@ def bench_T(args: argparse.Namespace, T: int, device: torch.device, atol: float)
                 "T": T,
                 "N": c.N,
                 "update": c.update,
+                "overlap": c.overlap,
                 "fast_ms": statistics.median(c.times["fast"]),
                 "naive_ms": statistics.median(c.times["naive"]) if c.times["naive"] else None,
                 "full_ms": full_ms,
@@ -343,12 +369,13 @@ def bench_T(args: argparse.Namespace, T: int, device: torch.device, atol: float)
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| T | N | update | fast ms | naive ms | full-SDPA ms | speedup vs naive | speedup vs full |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| T | N | update | W | fast ms | naive ms | full-SDPA ms | speedup vs naive | speedup vs full |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['T']} | {r['N']} | {r['update']} | {fmt_ms(r['fast_ms'])} | {fmt_ms(r['naive_ms'])} "
+            f"| {r['T']} | {r['N']} | {r['update']} | {r.get('overlap', 0)} | {fmt_ms(r['fast_ms'])} "
+            f"| {fmt_ms(r['naive_ms'])} "
             f"| {fmt_ms(r['full_ms'])} | {fmt_speedup(r['naive_ms'], r['fast_ms'])} "
             f"| {fmt_speedup(r['full_ms'], r['fast_ms'])} |"
         )
