@@ -202,6 +202,7 @@ class Case:
         randn = make_randn(args, args.seed + 1_000_003 * T, device)
         B, H, Hkv, Dk, Dv = args.batch, args.heads, args.kv_heads, args.dk, args.dv
         self.T, self.N, self.update, self.overlap = T, N, update, overlap
+        self.options = dict(segment_len=N, update=update, overlap=overlap)  # the op's keyword arguments
         # Infini ops: [B, T, heads, D]
         self.q, self.k, self.v = randn(B, T, H, Dk), randn(B, T, Hkv, Dk), randn(B, T, Hkv, Dv)
         self.beta = randn(H)
@@ -213,15 +214,7 @@ class Case:
         def run() -> torch.Tensor:
             for t in (self.q, self.k, self.v, self.beta):
                 t.grad = None
-            out, _ = op(
-                self.q,
-                self.k,
-                self.v,
-                self.beta,
-                segment_len=self.N,
-                update=self.update,
-                overlap=self.overlap,
-            )
+            out, _ = op(self.q, self.k, self.v, self.beta, **self.options)
             (out * self.cot).sum().backward()
             return out
 
@@ -249,15 +242,7 @@ class Case:
             pairs = list(zip(g_fast, g_naive, strict=True))
         else:
             with torch.no_grad():
-                out_naive, _ = infini_attention_naive(
-                    self.q,
-                    self.k,
-                    self.v,
-                    self.beta,
-                    segment_len=self.N,
-                    update=self.update,
-                    overlap=self.overlap,
-                )
+                out_naive, _ = infini_attention_naive(self.q, self.k, self.v, self.beta, **self.options)
             pairs = []
         diffs = [(a - b).abs().max().item() for a, b in pairs]
         grad_diff = max(diffs) if diffs else None
