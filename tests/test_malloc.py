@@ -39,11 +39,43 @@ def test_freed_buffers_are_reused_without_page_faults():
     assert kept < plain / 4, (plain, kept)  # measured: 163,845 against 16,384-32,768 (the heap grows once)
 
 
+# free a 16 MiB buffer (glibc then raises its mmap threshold to 16 MiB), then take 8 MiB: from
+# the heap by default, a fresh mapping with release (its threshold is fixed)
+MAPPED = """
+import ctypes, sys, torch
+class Info(ctypes.Structure):
+    names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+    _fields_ = [(n, ctypes.c_size_t) for n in names.split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "release":
+    from infini_attention.malloc import release_freed_memory
+    assert release_freed_memory()
+torch.ones(4 << 20)
+before = libc.mallinfo2().hblkhd
+x = torch.ones(2 << 20)
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
+def mapped_bytes(mode: str) -> int:
+    out = subprocess.run([sys.executable, "-c", MAPPED, mode], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_release_keeps_mapping_buffers():
+    assert mapped_bytes("system") == 0
+    assert mapped_bytes("release") >= 8 << 20
+
+
 def test_bad_values():
     with pytest.raises(ValueError, match="mmap_threshold"):
         malloc.keep_freed_memory(mmap_threshold=-1)
     with pytest.raises(ValueError, match="trim_threshold"):
         malloc.keep_freed_memory(trim_threshold=2**31)
+    with pytest.raises(ValueError, match="mmap_threshold"):
+        malloc.release_freed_memory(mmap_threshold=True)
 
 
 def test_env_switch(monkeypatch):
@@ -53,8 +85,11 @@ def test_env_switch(monkeypatch):
     assert malloc.apply_from_env() is False and not calls
     monkeypatch.setenv("INFINI_MALLOC", "keep")
     assert malloc.apply_from_env() is True and calls == [1]
+    monkeypatch.setattr(malloc, "release_freed_memory", lambda: calls.append(2) or True)
+    monkeypatch.setenv("INFINI_MALLOC", "release")
+    assert malloc.apply_from_env() is True and calls == [1, 2]
     monkeypatch.setenv("INFINI_MALLOC", "fast")
-    with pytest.raises(ValueError, match="INFINI_MALLOC must be 'keep' or 'system'"):
+    with pytest.raises(ValueError, match="INFINI_MALLOC must be one of keep, system, release"):
         malloc.apply_from_env()
 
 
@@ -70,5 +105,5 @@ def test_cli_applies_it_and_reports_a_bad_setting_in_one_line(monkeypatch, capsy
     assert main(argv) == 2
     assert (
         capsys.readouterr().err.strip()
-        == "infini: error: INFINI_MALLOC must be 'keep' or 'system', got 'fast'"
+        == "infini: error: INFINI_MALLOC must be one of keep, system, release, got 'fast'"
     )
