@@ -48,6 +48,9 @@ def test_demo_prints_one_table_and_writes_its_plots(small_model, tmp_path):
         assert (tmp_path / name).stat().st_size > 1000
     saved = json.loads((tmp_path / "demo.json").read_text())
     assert set(saved) == {"summary", "ppl", "passkey"}
+    # three keys per cell by default, the long prompt included (one key is an anecdote)
+    assert [(c["length"], c["trials"]) for c in saved["passkey"]["cells"]] == [(600, 3)] * 3 + [(3000, 3)]
+    assert "/3) |" in text
 
 
 def test_held_out_excerpt_ships_with_the_package():

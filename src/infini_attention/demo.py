@@ -27,13 +27,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def steady_state_bytes(model) -> int:
+    """Bytes of one stream's state at a segment boundary once a segment has passed (it holds the
+    memory, and with ``local_overlap`` the previous segment's tail): the same at any length."""
+    ids = torch.zeros(1, model.config.segment_len, dtype=torch.long)
+    with torch.no_grad():
+        return model(ids, logits_to_keep=1).state.nbytes
+
+
 def describe(name: str, model, log) -> None:
     c = model.config
     n_params = sum(p.numel() for p in model.parameters())
+    overlap = f", local overlap {c.local_overlap}" if getattr(c, "local_overlap", 0) else ""
     log(
         f"model {name}: {n_params / 1e6:.2f}M parameters, {c.n_layers} layers, d_model {c.d_model}, "
-        f"{c.n_heads} heads, segment {c.segment_len}, {c.update} memory; "
-        f"state {model.init_state(1).nbytes / 1024:.0f} KiB at any length"
+        f"{c.n_heads} heads, segment {c.segment_len}{overlap}, {c.update} memory; "
+        f"state {steady_state_bytes(model) / 1024:.0f} KiB at any length"
     )
 
 
@@ -48,7 +57,7 @@ def run_demo(
     out_dir: str | Path = "infini-demo",
     short_length: int = SHORT_LENGTH,
     long_length: int = LONG_LENGTH,
-    trials: int = 1,
+    trials: int = 3,
     seed: int = 0,
     log=print,
 ) -> dict[str, Any]:
@@ -87,7 +96,7 @@ def run_demo(
     log(f"\nPasskey retrieval, model {pk_name} (the paper's prompt, greedy decoding, exact match):")
     short = run_passkey(pk_model, pk_tokenizer, [short_length], trials=trials, seed=seed, progress=progress)
     long = run_passkey(
-        pk_model, pk_tokenizer, [long_length], ["start"], trials=1, seed=seed, progress=progress
+        pk_model, pk_tokenizer, [long_length], ["start"], trials=trials, seed=seed, progress=progress
     )
     log(format_passkey_table(short))
     passkey = {
@@ -103,7 +112,7 @@ def run_demo(
         "model": model_name,
         "passkey_model": pk_name,
         "parameters": n_params,
-        "state_bytes": model.init_state(1).nbytes,
+        "state_bytes": steady_state_bytes(model),
         "ppl_memory_on": ppl["overall"]["ppl"],
         "ppl_memory_off": ppl["overall"]["ppl_no_memory"],
         "ppl_memory_reset": ppl["overall"]["ppl_memory_reset"],
@@ -115,11 +124,13 @@ def run_demo(
         "gates": gates,
     }
     (out / "demo.json").write_text(json.dumps({"summary": summary, "ppl": ppl, "passkey": passkey}, indent=2))
-    short_acc = " / ".join(f"{c['accuracy']:.0%}" for c in short["cells"])
+    short_acc = " / ".join(f"{c['accuracy']:.0%} ({c['correct']}/{c['trials']})" for c in short["cells"])
+    long_cell = long["cells"][0]
     log("\n| what | value |\n|---|---|")
     log(f"| passkey accuracy, {short_length:,} tokens, key at start / middle / end | {short_acc} |")
     log(
-        f"| passkey accuracy, {long_length:,} tokens, key at the start | {long['cells'][0]['accuracy']:.0%} |"
+        f"| passkey accuracy, {long_length:,} tokens, key at the start | {long_cell['accuracy']:.0%} "
+        f"({long_cell['correct']}/{long_cell['trials']}) |"
     )
     log(f"| perplexity, held-out excerpt, memory on | {summary['ppl_memory_on']:.2f} |")
     log(f"| perplexity, same, memory gated off (local attention only) | {summary['ppl_memory_off']:.2f} |")
