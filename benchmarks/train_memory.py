@@ -31,8 +31,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="append the result as one JSON line")
     args = p.parse_args()
-    applied = {"keep": malloc.keep_freed_memory, "release": malloc.release_freed_memory}.get(args.malloc)
-    if applied is not None and not applied():
+    if not malloc.apply(args.malloc) and args.malloc != "system":
         raise SystemExit(f"--malloc {args.malloc} needs glibc (Linux)")
     model, _ = load_pretrained(args.model)
     model.train()

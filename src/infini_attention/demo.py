@@ -35,15 +35,18 @@ def steady_state_bytes(model) -> int:
         return model(ids, logits_to_keep=1).state.nbytes
 
 
-def describe(name: str, model, log) -> None:
+def describe(name: str, model, log) -> int:
+    """Log one line about the model; returns its steady state size in bytes."""
     c = model.config
+    state_bytes = steady_state_bytes(model)
     n_params = sum(p.numel() for p in model.parameters())
     overlap = f", local overlap {c.local_overlap}" if getattr(c, "local_overlap", 0) else ""
     log(
         f"model {name}: {n_params / 1e6:.2f}M parameters, {c.n_layers} layers, d_model {c.d_model}, "
         f"{c.n_heads} heads, segment {c.segment_len}{overlap}, {c.update} memory; "
-        f"state {steady_state_bytes(model) / 1024:.0f} KiB at any length"
+        f"state {state_bytes / 1024:.0f} KiB at any length"
     )
+    return state_bytes
 
 
 def held_out_excerpt() -> str:
@@ -71,7 +74,7 @@ def run_demo(
     start = time.perf_counter()
     model, tokenizer = load_pretrained(model_name)
     model.eval()
-    describe(model_name, model, log)
+    state_bytes = describe(model_name, model, log)
     pk_name = passkey_model or model_name
     if pk_name == model_name:
         pk_model, pk_tokenizer = model, tokenizer
@@ -112,7 +115,7 @@ def run_demo(
         "model": model_name,
         "passkey_model": pk_name,
         "parameters": n_params,
-        "state_bytes": steady_state_bytes(model),
+        "state_bytes": state_bytes,
         "ppl_memory_on": ppl["overall"]["ppl"],
         "ppl_memory_off": ppl["overall"]["ppl_no_memory"],
         "ppl_memory_reset": ppl["overall"]["ppl_memory_reset"],

@@ -42,13 +42,9 @@ def keep_freed_memory(
     from a fresh mapping; ``trim_threshold``: free memory at the top of the heap kept before it is
     returned; ``top_pad``: extra heap grown per request. All in bytes, at most 2**31 - 1 (C int).
     """
-    for name, value in (
-        ("mmap_threshold", mmap_threshold),
-        ("trim_threshold", trim_threshold),
-        ("top_pad", top_pad),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _INT_MAX:
-            raise ValueError(f"{name} must be an int in [0, 2**31 - 1], got {value!r}")
+    _check_c_int("mmap_threshold", mmap_threshold)
+    _check_c_int("trim_threshold", trim_threshold)
+    _check_c_int("top_pad", top_pad)
     libc = _glibc()
     if libc is None:
         return False
@@ -64,12 +60,7 @@ def release_freed_memory(mmap_threshold: int = 64 << 10) -> bool:
     """Fix glibc's mmap threshold low (64 KiB): buffers from that size up are mapped and handed
     back to the OS when freed. Less resident memory for long training rows, more page faults
     (slower). Returns True when applied, False where there is no glibc."""
-    if (
-        isinstance(mmap_threshold, bool)
-        or not isinstance(mmap_threshold, int)
-        or not 0 <= mmap_threshold <= _INT_MAX
-    ):
-        raise ValueError(f"mmap_threshold must be an int in [0, 2**31 - 1], got {mmap_threshold!r}")
+    _check_c_int("mmap_threshold", mmap_threshold)
     libc = _glibc()
     if libc is None:
         return False
@@ -80,15 +71,24 @@ def release_freed_memory(mmap_threshold: int = 64 << 10) -> bool:
 MODES = ("keep", "system", "release")
 
 
-def apply_from_env() -> bool:
-    """What the CLI does at start: ``INFINI_MALLOC`` = ``keep`` (default: ``keep_freed_memory()``),
-    ``system`` (nothing) or ``release`` (``release_freed_memory()``)."""
-    mode = os.environ.get(ENV, "keep")
+def apply(mode: str, source: str = "mode") -> bool:
+    """``keep`` (``keep_freed_memory()``), ``system`` (nothing) or ``release``
+    (``release_freed_memory()``); returns whether a setting was applied."""
     if mode not in MODES:
-        raise ValueError(f"{ENV} must be one of {', '.join(MODES)}, got {mode!r}")
+        raise ValueError(f"{source} must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "system":
         return False
     return keep_freed_memory() if mode == "keep" else release_freed_memory()
+
+
+def apply_from_env() -> bool:
+    """What the CLI does at start: :func:`apply` with ``INFINI_MALLOC`` (default ``keep``)."""
+    return apply(os.environ.get(ENV, "keep"), ENV)
+
+
+def _check_c_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _INT_MAX:
+        raise ValueError(f"{name} must be an int in [0, 2**31 - 1], got {value!r}")
 
 
 def _glibc():

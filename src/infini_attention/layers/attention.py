@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import InfiniState, infini_attention
+from ..ops.checks import check_overlap
 from .rope import RotaryEmbedding
 
 _NO_WRITE = -1e4  # memory-path key for padding
@@ -43,8 +44,7 @@ class InfiniAttention(nn.Module):
         overlap: int = 0,
     ) -> None:
         super().__init__()
-        if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= segment_len:
-            raise ValueError(f"overlap must be an int in [0, segment_len={segment_len}], got {overlap!r}")
+        check_overlap(overlap, segment_len)  # at construction, not at the first forward
         self.overlap = overlap
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.segment_len, self.update, self.mem_eps = segment_len, update, mem_eps

@@ -61,8 +61,7 @@ def check_inputs(
         raise ValueError(f"update must be one of {UPDATE_RULES}, got {update!r}")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= segment_len:
-        raise ValueError(f"overlap must be an int in [0, segment_len={segment_len}], got {overlap!r}")
+    check_overlap(overlap, segment_len)
 
     q_local = q if q_local is None else q_local
     k_local = k if k_local is None else k_local
@@ -88,6 +87,12 @@ def check_inputs(
         state = initial_state
         _check_state(state, B, Hkv, Dk, Dv, segment_len, q, overlap)
     return q_local, k_local, k_next, state
+
+
+def check_overlap(overlap: int, segment_len: int) -> None:
+    """The local-overlap option: an int W with 0 <= W <= segment_len (shared by the op and the layer)."""
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= segment_len:
+        raise ValueError(f"overlap must be an int in [0, segment_len={segment_len}], got {overlap!r}")
 
 
 def _describe(t: object) -> str:
