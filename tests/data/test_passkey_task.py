@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from infini_attention.data.passkey_task import (
     answer_ids,
     answer_span,
     crossing_prompt,
+    repeated_digits_key,
     retrieved,
     training_prompt,
 )
@@ -159,7 +161,47 @@ def test_crossing_prompt_keeps_the_depth_and_gives_up_without_filler(tok):
     assert crossing_prompt(bare, (-len(bare) - 1) % 64 or 2, 64) is None
 
 
+def _keys(sampler, batches):
+    keys = []
+    for _ in range(batches):
+        b = sampler.next_batch()
+        for r in range(b.input_ids.shape[0]):
+            text = sampler.parts.tokenizer.decode(b.input_ids[r].tolist())
+            keys.append(re.search(r"The pass key is (\d{5})\.", text).group(1))
+    return keys
+
+
+def _adjacent_repeat(key: str) -> bool:
+    return any(a == b for a, b in pairwise(key))
+
+
+def test_repeat_keys_share_of_keys_with_repeated_digits(tok):
+    def sampler(share):
+        return PasskeySampler(tok, 512, 64, 8, seed=3, min_len=300, repeat_keys=share)
+
+    plain, hard, every = _keys(sampler(0.0), 25), _keys(sampler(0.5), 25), _keys(sampler(1.0), 25)
+    assert all(_adjacent_repeat(k) for k in every)
+    share = lambda keys: sum(map(_adjacent_repeat, keys)) / len(keys)  # noqa: E731
+    # uniform keys: 1 - 0.9**4 = 34% have adjacent repeats; half hard keys: 0.5 + 0.5 * 0.34 = 67%
+    assert 0.2 < share(plain) < 0.5 and 0.55 < share(hard) < 0.8, (share(plain), share(hard))
+
+
+def test_repeated_digits_key():
+    import random
+
+    rng = random.Random(0)
+    keys = [repeated_digits_key(rng) for _ in range(2000)]
+    assert all(len(k) == 5 and k.isdigit() and k[0] != "0" and _adjacent_repeat(k) for k in keys)
+    runs = [max(len(m.group()) for m in re.finditer(r"(\d)\1*", k)) for k in keys]
+    assert max(runs) == 5 and sum(r >= 3 for r in runs) > 400  # long runs (68888) are common
+    assert len(set(keys)) > 1000
+    with pytest.raises(ValueError, match="at least 2 digits"):
+        repeated_digits_key(rng, 1)
+
+
 def test_bad_settings(tok):
+    with pytest.raises(ValueError, match="repeat_keys"):
+        PasskeySampler(tok, 512, 64, 2, seed=0, min_len=300, repeat_keys=-0.1)
     with pytest.raises(ValueError, match="cross_boundary"):
         PasskeySampler(tok, 512, 64, 2, seed=0, min_len=300, cross_boundary=1.5)
     with pytest.raises(ValueError, match="min_len"):

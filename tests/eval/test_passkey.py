@@ -14,9 +14,11 @@ from infini_attention.eval import passkey as pk
 from infini_attention.eval.passkey import (
     PasskeyParts,
     PasskeyPrompt,
+    accuracy_by_key_kind,
     build_prompt,
     first_five_digit_number,
     format_passkey_table,
+    key_kind,
     parse_length,
     prompt_text,
     run_passkey,
@@ -162,6 +164,44 @@ def test_exact_match_scoring_through_run_passkey(answer, correct):
     assert lines[0].split() == ["position", "400", "700"]
     assert lines[2].split()[0] == "start" and lines[3].split()[0] == "end"
     assert ("100% (2/2)" if correct else "0% (0/2)") in lines[2]
+    assert lines[-2].startswith("by key: ")
+    by_kind = accuracy_by_key_kind(r)
+    assert sum(n for _, n in by_kind.values()) == 8
+    assert sum(c for c, _ in by_kind.values()) == (8 if correct else 0)
+
+
+def test_accuracy_by_key_kind_splits_copy_misses_from_memory_misses():
+    assert [key_kind(k) for k in ("12345", "51213", "68888", "22989", "40902")] == [
+        "distinct digits",
+        "repeated digit",
+        "adjacent repeat",
+        "adjacent repeat",
+        "repeated digit",
+    ]
+    samples = [("12345", True), ("98765", True), ("51213", False), ("68888", False), ("11223", True)]
+    results = {
+        "lengths": [1024],
+        "positions": ["end"],
+        "cells": [
+            {
+                "length": 1024,
+                "position": "end",
+                "trials": 5,
+                "correct": 3,
+                "accuracy": 0.6,
+                "samples": [{"key": k, "correct": c} for k, c in samples],
+            }
+        ],
+    }
+    assert accuracy_by_key_kind(results) == {
+        "distinct digits": (2, 2),
+        "repeated digit": (0, 1),
+        "adjacent repeat": (1, 2),
+    }
+    line = format_passkey_table(results).splitlines()[-1]
+    assert line == "by key: distinct digits 100% (2/2), repeated digit 0% (0/1), adjacent repeat 50% (1/2)"
+    results["cells"][0]["samples"] = [{"key": "12345", "correct": True}]
+    assert accuracy_by_key_kind(results) == {"distinct digits": (1, 1)}  # kinds absent are left out
 
 
 def test_keys_and_depths_are_seeded():

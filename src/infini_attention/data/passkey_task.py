@@ -16,7 +16,10 @@ is the step count; the evaluation's trials use other seeds, so no evaluation pro
 - the row length: one per batch, uniform in ``[min_len, seq_len]`` (or, with ``log_uniform``, uniform
   in its logarithm: as many batches of 1K-8K tokens as of 64K-512K) and rounded up to whole
   segments (short batches are cheap; the longest put the key up to ``seq_len / N`` segments away);
-- the key: 5 random digits;
+- the key: 5 random digits; with ``repeat_keys`` > 0, that share of the digit keys has digits that
+  repeat their predecessor (each with probability 1/2, at least one), like 68888 or 22989: keys that
+  copy by content alone ("after 8 comes 8") cannot spell, and the ones stage 8 got wrong
+  (docs/passkey.md: 73% of keys with adjacent repeats, 100% of keys with five distinct digits);
 - the depth: uniform in [0, 1] (share of the filler before the key), so the key sits in any segment,
   the question's own one included;
 - with ``cross_boundary`` > 0, that share of rows has the prompt shortened by whole filler blocks
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import math
 import random
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -104,6 +108,7 @@ class PasskeySampler:
         min_len: int | None = None,
         copy_targets: bool = False,
         word_keys: float = 0.0,
+        repeat_keys: float = 0.0,
         cross_boundary: float = 0.0,
         log_uniform: bool = False,
         rank: int = 0,
@@ -128,6 +133,9 @@ class PasskeySampler:
         self.words = _words(tokenizer) if word_keys else []
         if word_keys and len(self.words) < 100:
             raise ValueError(f"word_keys needs a vocabulary of words; this tokenizer has {len(self.words)}")
+        if not 0.0 <= repeat_keys <= 1.0:
+            raise ValueError(f"repeat_keys must be a share in [0, 1], got {repeat_keys}")
+        self.repeat_keys = float(repeat_keys)
         if not 0.0 <= cross_boundary <= 1.0:
             raise ValueError(f"cross_boundary must be a share in [0, 1], got {cross_boundary}")
         self.cross_boundary = float(cross_boundary)
@@ -151,6 +159,8 @@ class PasskeySampler:
         for r in range(self.batch_size * self.world_size):  # every rank draws all; keeps its share
             if self.word_keys and rng.random() < self.word_keys:  # a longer key: more to copy per row
                 key = "".join(rng.choice(self.words) for _ in range(rng.randint(3, 12))).strip()
+            elif self.repeat_keys and rng.random() < self.repeat_keys:
+                key = repeated_digits_key(rng)
             else:
                 key = str(rng.randint(10000, 99999))
             prompt = training_prompt(self.parts, length, key, rng.random())
@@ -219,6 +229,21 @@ class PasskeySampler:
         if step < 0:
             raise ValueError(f"invalid passkey sampler state: step={step}")
         self.step = step
+
+
+def repeated_digits_key(rng: random.Random, length: int = 5) -> str:
+    """A key of ``length`` digits (no leading zero) in which each digit repeats its predecessor with
+    probability 1/2, and at least one does: the keys a content-only copy ("after 8 comes ...")
+    cannot spell, since the next digit depends on how many were written."""
+    if length < 2:
+        raise ValueError(f"a key with repeated digits needs at least 2 digits, got {length}")
+    digits = [rng.randint(1, 9)]
+    for _ in range(length - 1):
+        digits.append(digits[-1] if rng.random() < 0.5 else rng.randint(0, 9))
+    if all(a != b for a, b in pairwise(digits)):
+        i = rng.randint(1, length - 1)
+        digits[i] = digits[i - 1]
+    return "".join(map(str, digits))
 
 
 def retrieved(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

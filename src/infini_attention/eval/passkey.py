@@ -39,6 +39,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -487,10 +488,34 @@ def run_passkey(
     }
 
 
+KEY_KINDS = ("distinct digits", "repeated digit", "adjacent repeat")
+
+
+def key_kind(key: str) -> str:
+    """Which of ``KEY_KINDS`` a key is: five distinct digits (12345), a digit that comes back after
+    another (51213), or a digit right after itself (68888). Copying the last two takes counting, not
+    only "which digit follows this one", and that is where small models miss."""
+    if any(a == b for a, b in pairwise(key)):
+        return "adjacent repeat"
+    return "repeated digit" if len(set(key)) < len(key) else "distinct digits"
+
+
+def accuracy_by_key_kind(results: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """``{kind: (correct, trials)}`` over every sample of ``results`` (kinds that occur, in
+    ``KEY_KINDS`` order): tells a miss of the memory from a miss of the copy."""
+    counts = {kind: [0, 0] for kind in KEY_KINDS}
+    for cell in results["cells"]:
+        for sample in cell["samples"]:
+            c = counts[key_kind(sample["key"])]
+            c[0] += bool(sample["correct"])
+            c[1] += 1
+    return {kind: (c[0], c[1]) for kind, c in counts.items() if c[1]}
+
+
 def format_passkey_table(results: dict[str, Any]) -> str:
     """Accuracy table like the paper's Table 3: rows = positions, columns = lengths.
 
-    Each cell reads ``percent (correct/trials)``.
+    Each cell reads ``percent (correct/trials)``; a line below splits the accuracy by key kind.
     """
     lengths, positions = results["lengths"], results["positions"]
     by_cell = {(c["length"], c["position"]): c for c in results["cells"]}
@@ -506,6 +531,10 @@ def format_passkey_table(results: dict[str, Any]) -> str:
         wrong = sum(c["answered_distractor"] for c in results["cells"])
         total = sum(c["trials"] for c in results["cells"])
         lines.append(f"answered the distractor's number instead: {wrong} of {total} trials")
+    by_kind = accuracy_by_key_kind(results)
+    lines.append(
+        "by key: " + ", ".join(f"{kind} {100 * c / n:.0f}% ({c}/{n})" for kind, (c, n) in by_kind.items())
+    )
     speed = results.get("tokens_per_s")
     if speed:
         lines.append(
@@ -543,7 +572,9 @@ __all__ = [
     "PasskeyPrompt",
     "build_prompt",
     "first_five_digit_number",
+    "accuracy_by_key_kind",
     "format_passkey_table",
+    "key_kind",
     "parse_length",
     "prefill",
     "prompt_text",

@@ -81,6 +81,8 @@ class DataConfig:
     # with task "passkey" or "summarize": every k-th step is a language-modelling batch (0: never)
     lm_every: int = 0
     passkey_word_keys: float = 0.0  # share of passkey rows whose key is 3-12 random words, not 5 digits
+    # share of the 5-digit passkey keys drawn with repeated digits (68888, 22989): the hard ones
+    passkey_repeat_keys: float = 0.0
     passkey_copy_targets: bool = False  # also train on the key's second mention (local copying)
     # share of passkey rows shortened so that a segment boundary falls inside the answer
     passkey_cross_boundary: float = 0.0
@@ -111,6 +113,7 @@ class DataConfig:
             raise ValueError('[data] lm_every only applies to task = "passkey" or "summarize"')
         self._check_summary()
         _float(s, "passkey_word_keys", self.passkey_word_keys, hi=1.0)
+        _float(s, "passkey_repeat_keys", self.passkey_repeat_keys, hi=1.0)
         _bool(s, "passkey_copy_targets", self.passkey_copy_targets)
         _float(s, "passkey_cross_boundary", self.passkey_cross_boundary, hi=1.0)
         if self.passkey_lengths not in PASSKEY_LENGTHS:

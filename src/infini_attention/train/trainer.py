@@ -179,6 +179,7 @@ def _train(
             min_len=d.passkey_min_len or None,
             copy_targets=d.passkey_copy_targets,
             word_keys=d.passkey_word_keys,
+            repeat_keys=d.passkey_repeat_keys,
             cross_boundary=d.passkey_cross_boundary,
             log_uniform=d.passkey_lengths == "log-uniform",
             rank=dist.rank,
