@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from infini_attention import ModelConfig
 from infini_attention.train.config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +74,16 @@ def test_shipped_configs_load_and_round_trip(name):
     assert config.optim.gate_lr > config.optim.lr  # the point of the gate group
     again = RunConfig.from_dict(config.to_dict())
     assert again == config and again.to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_round_trips(path):
+    """A typo or an out-of-range value in any config under configs/ fails here, not an hour into a
+    run; the [model] table must name only ModelConfig fields."""
+    config = load_config(path)
+    assert RunConfig.from_dict(config.to_dict()) == config
+    fields = set(ModelConfig.__dataclass_fields__)
+    assert set(config.model) <= fields, set(config.model) - fields
 
 
 def test_smoke_corpus_resolves_from_any_directory(tmp_path, monkeypatch):
