@@ -15,7 +15,7 @@ that is what the next pass needs anyway. ``infini`` applies it to its own proces
 The opposite, for training rows too long for the machine's memory: ``release_freed_memory()``
 (``INFINI_MALLOC=release``) fixes the mmap threshold at 64 KiB, so every buffer from 64 KiB up is
 mapped and handed back when freed. A training step over one 64K-token passkey row of the shipped
-passkey model (N = 128, checkpointed segments) then peaked at 617 MB instead of 1,267 MB, and took
+passkey model (N = 128, checkpointed segments) then peaked at 617 MB instead of 1,274 MB, and took
 1.6x the time (docs/performance.md): freed per-segment buffers no longer stay behind in the heap.
 """
 

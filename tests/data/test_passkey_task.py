@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from itertools import pairwise
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from infini_attention.data.passkey_task import (
     retrieved,
     training_prompt,
 )
-from infini_attention.eval.passkey import QUESTION, PasskeyParts, prompt_text
+from infini_attention.eval.passkey import QUESTION, PasskeyParts, key_kind, prompt_text
 
 
 @pytest.fixture
@@ -172,7 +171,7 @@ def _keys(sampler, batches):
 
 
 def _adjacent_repeat(key: str) -> bool:
-    return any(a == b for a, b in pairwise(key))
+    return key_kind(key) == "adjacent repeat"
 
 
 def test_repeat_keys_share_of_keys_with_repeated_digits(tok):
