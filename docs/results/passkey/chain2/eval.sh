@@ -16,3 +16,6 @@ else
   ev --lengths 10M --positions start --trials 1 --json $O/long_10m.json > $O/long_10m.log 2>&1
 fi
 echo "$(date -u +%H:%M:%S) eval part $PART done" >> runs/chain/times.log
+# step 36 (stage 7 resumed from step 24; M=runs/chain7-step36, a copy of its step-36 checkpoint):
+#   infini eval passkey --model $M --lengths 1M --trials 10 --json $O/step36_1m.json
+#   infini eval passkey --model $M --lengths 256K,512K --trials 10 --json $O/step36_256k_512k.json
