@@ -19,3 +19,6 @@ echo "$(date -u +%H:%M:%S) eval part $PART done" >> runs/chain/times.log
 # step 36 (stage 7 resumed from step 24; M=runs/chain7-step36, a copy of its step-36 checkpoint):
 #   infini eval passkey --model $M --lengths 1M --trials 10 --json $O/step36_1m.json
 #   infini eval passkey --model $M --lengths 256K,512K --trials 10 --json $O/step36_256k_512k.json
+# step 48 (the resumed run's end; M=runs/chain7/checkpoints/step-000048):
+#   infini eval passkey --model $M --lengths 1M --positions start --trials 10 --json $O/step48_1m_start.json
+#   infini eval passkey --model $M --lengths 1M --positions middle,end --trials 10 --json $O/step48_1m_middle_end.json
