@@ -155,6 +155,11 @@ def test_unknown_names_are_errors(tmp_path, old, new, message):
             "max_steps = 4\neval_every = -1",
             r"\[train\] eval_every must be an int >= 0, got -1",
         ),
+        (
+            "max_steps = 4",
+            "max_steps = 4\neval_passkey_prompts = -2",
+            r"\[train\] eval_passkey_prompts must be an int >= 0, got -2",
+        ),
         ('corpus = "data/excerpt"', "corpus = 3", r"\[data\] corpus must be a non-empty string, got 3"),
         (
             "seq_len = 64",

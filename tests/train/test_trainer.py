@@ -193,6 +193,35 @@ def test_passkey_fine_tuning_starts_from_the_model(tmp_path, cache, pretrained_r
     assert 0 <= row["passkey_acc"] <= 1 and 0 <= row["eval_passkey_acc"] <= 1 and row["eval_loss"] is None
 
 
+@pytest.mark.parametrize("prompts, rows_expected", [(0, None), (3, 4)])
+def test_held_out_passkey_prompts_per_evaluation(
+    tmp_path, cache, pretrained_run, monkeypatch, prompts, rows_expected
+):
+    """[train] eval_passkey_prompts sets how many held-out prompts each evaluation decodes (whole
+    batches of batch_size = 2: 3 -> 4 rows); 0 runs none, even at the final step."""
+    from infini_attention.data import passkey_task
+
+    decoded = []  # rows of each held-out batch
+
+    original = passkey_task.PasskeySampler.next_batch
+
+    def counting(self):
+        batch = original(self)
+        if self.seed >= 1_000_003:  # the held-out stream (training rows use the run's own seed)
+            decoded.append(batch.input_ids.shape[0])
+        return batch
+
+    monkeypatch.setattr(passkey_task.PasskeySampler, "next_batch", counting)
+    config = passkey_config(cache, pretrained_run, max_steps=2, eval_passkey_prompts=prompts)
+    train(config, out_dir=tmp_path / "pk", log=quiet, progress=False)
+    rows = read_metrics(tmp_path / "pk")
+    if rows_expected is None:
+        assert decoded == [] and all(r["eval_passkey_acc"] is None for r in rows)
+    else:
+        assert sum(decoded) == rows_expected  # one evaluation: step 2 is both eval_every's and the last
+        assert rows[-1]["eval_passkey_acc"] is not None
+
+
 @pytest.mark.parametrize("lm_every, copy_every", [(0, 0), (2, 3)])
 def test_passkey_resume_is_bit_exact(tmp_path, cache, pretrained_run, lm_every, copy_every):
     extra = {"copy_every": copy_every, "passkey_copy_targets": True} if copy_every else {}

@@ -210,6 +210,9 @@ class TrainConfig:
     log_every: int = 10  # steps between metric rows (metrics.csv, TensorBoard)
     eval_every: int = 200  # steps between evaluations on the eval split; 0 = only at the end
     eval_tokens: int = 32768  # eval tokens per evaluation (documents streamed with the memory); 0 = none
+    # passkey task: held-out prompts of seq_len per evaluation (rounded up to whole batches); 0 = none.
+    # Each costs a forward over seq_len tokens: 32 prompts of 512K take over half an hour on 2 cores
+    eval_passkey_prompts: int = 32
     save_every: int = 500  # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 3  # newest checkpoints kept; 0 = keep all
     tensorboard: bool = True  # also log to <out_dir>/tb
@@ -237,7 +240,7 @@ class TrainConfig:
         if self.dist not in DIST:
             raise ValueError(f"[train] dist must be one of {DIST}, got {self.dist!r}")
         _int(s, "log_every", self.log_every)
-        for key in ("eval_every", "eval_tokens", "save_every", "keep_checkpoints"):
+        for key in ("eval_every", "eval_tokens", "eval_passkey_prompts", "save_every", "keep_checkpoints"):
             _int(s, key, getattr(self, key), minimum=0)
         _bool(s, "tensorboard", self.tensorboard)
         _str(s, "out_dir", self.out_dir, optional=True)

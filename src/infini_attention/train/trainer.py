@@ -271,7 +271,8 @@ def _train(
     window_hits, window_rows = 0, 0  # passkey rows retrieved (teacher-forced argmax) since then
     window_copy: list[float] = []  # losses of the copy-task steps since then
     lm_eval = tc.eval_tokens > 0 and data is not None
-    can_eval = lm_eval or d.task == "passkey" or summary_eval is not None  # passkey: always retrieval
+    passkey_eval = d.task == "passkey" and tc.eval_passkey_prompts > 0  # held-out retrieval
+    can_eval = lm_eval or passkey_eval or summary_eval is not None
     net.train()
     try:
         while step < stop:
@@ -367,8 +368,10 @@ def _train(
                             f"step {step}: eval loss {result['eval_loss']:.4f}, ppl {result['eval_ppl']:.2f} "
                             f"({result['eval_tokens']:,} tokens)"
                         )
-                if do_eval and d.task == "passkey":
-                    acc = evaluate_passkey(model, tokenizer, d.seq_len, tc.batch_size, tc.seed)
+                if do_eval and passkey_eval:
+                    acc = evaluate_passkey(
+                        model, tokenizer, d.seq_len, tc.batch_size, tc.seed, rows=tc.eval_passkey_prompts
+                    )
                     row["eval_passkey_acc"] = acc
                     say(
                         f"step {step}: passkey retrieval, held-out {d.seq_len}-token prompts {100 * acc:.1f}%"
