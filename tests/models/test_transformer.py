@@ -261,6 +261,38 @@ def test_detach_every_truncates_bptt(ckpt):
     assert max_err(model(ids, detach_every=2).logits, model(ids).logits) < 1e-12
 
 
+@pytest.mark.parametrize(
+    "backend",
+    # aot_eager traces our code as inductor would (dynamo + autograd graphs) in seconds; inductor
+    # itself generates and builds C++ kernels, about 2 minutes here: slow
+    ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)],
+)
+def test_compiled_segments_match_eager_values_gradients_and_state(backend):
+    """compile_segments(): the checkpointed per-segment body, compiled, against the eager model, in
+    float32, from an open segment (a shorter first piece) with padding and local_overlap; a call
+    without checkpointing stays eager."""
+    torch._dynamo.reset()
+    ids = tokens(2, 45)
+    pad = torch.zeros(2, 40, dtype=torch.bool)
+    pad[1, -4:] = True  # row 1 ends early: its last 4 tokens are padding
+    eager = make_model(dtype=torch.float32, local_overlap=3)
+    compiled = make_model(dtype=torch.float32, local_overlap=3).compile_segments(backend=backend)
+    labels = torch.roll(ids, -1, dims=1)[:, 5:].masked_fill(pad, -100)
+    outs, grads_ = [], []
+    for m in (eager, compiled):
+        first = m(ids[:, :5])  # the stream continues mid-segment
+        out = m(ids[:, 5:], first.state, labels, pad_mask=pad, checkpoint_segments=True)
+        out.loss.backward()
+        outs.append(out)
+        grads_.append([p.grad for p in m.parameters()])
+    assert max_err(outs[0].logits, outs[1].logits) < 1e-5
+    for a, b in zip(outs[0].state.layers, outs[1].state.layers, strict=True):
+        assert max_err(a.M, b.M) < 1e-5 and max_err(a.z, b.z) < 1e-4
+    for a, b in zip(*grads_, strict=True):
+        assert max_err(a, b) < 1e-4 * max(1.0, b.abs().max().item())
+    assert compiled._segment_body is not None and eager._segment_body is None
+
+
 def test_chunked_paths_respect_an_open_segment():
     model = make_model()
     ids = tokens(1, 30)

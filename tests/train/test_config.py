@@ -157,6 +157,16 @@ def test_unknown_names_are_errors(tmp_path, old, new, message):
         ),
         (
             "max_steps = 4",
+            "max_steps = 4\ncompile = true",
+            r"\[train\] compile = true needs checkpoint_segments = true",
+        ),
+        (
+            "max_steps = 4",
+            'max_steps = 4\ncompile = true\ncheckpoint_segments = true\ndist = "fsdp"',
+            r"\[train\] compile = true is not supported with dist = \"fsdp\"",
+        ),
+        (
+            "max_steps = 4",
             "max_steps = 4\neval_passkey_prompts = -2",
             r"\[train\] eval_passkey_prompts must be an int >= 0, got -2",
         ),

@@ -245,3 +245,31 @@ def test_passkey_resume_is_bit_exact(tmp_path, cache, pretrained_run, lm_every, 
     if lm_every:  # language-modelling steps (2, 4) have the corpus's loss, passkey steps the answer's
         assert read_metrics(tmp_path / "whole")[1]["passkey_acc"] is None
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+# "eager": dynamo's tracing of the trainer's calls, in seconds (the graphs themselves are checked
+# with aot_eager in tests/models); inductor builds C++ kernels: about 2 minutes, slow
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compile_trains_like_eager(tmp_path, cache, monkeypatch, backend):
+    """[train] compile = true: the trainer compiles the per-segment body, and the losses and final
+    weights match an eager run's (float32 tolerance)."""
+    torch._dynamo.reset()
+    original, compiled_models = trainer_mod.InfiniTransformer.compile_segments, []
+
+    def compile_segments(self):
+        compiled_models.append(self)
+        return original(self, backend=backend)
+
+    monkeypatch.setattr(trainer_mod.InfiniTransformer, "compile_segments", compile_segments)
+    finals, losses = [], []
+    for name, compiled in (("eager", False), ("compiled", True)):
+        config = make_config(
+            cache, max_steps=3, eval_every=0, eval_tokens=0, checkpoint_segments=True, compile=compiled
+        )
+        finals.append(train(config, out_dir=tmp_path / name, log=quiet, progress=False))
+        losses.append([row["loss"] for row in read_metrics(tmp_path / name)])
+    assert len(compiled_models) == 1 and compiled_models[0]._segment_body is not None
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    eager, compiled = (safetensors.torch.load_file(f / "model.safetensors") for f in finals)
+    for name, weight in eager.items():
+        torch.testing.assert_close(compiled[name], weight, atol=1e-5, rtol=1e-4, msg=name)

@@ -153,6 +153,17 @@ class InfiniTransformer(nn.Module):
         self.reset_parameters()
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        self._segment_body = None  # compile_segments(): the compiled _body checkpointed pieces run
+
+    def compile_segments(self, **compile_kwargs) -> InfiniTransformer:
+        """``torch.compile`` the body that ``forward(..., checkpoint_segments=True)`` runs on each
+        segment; every other call stays eager. Per-segment pieces all have one shape ([B, N], the
+        first and last possibly shorter), so a few small graphs serve any input length, where
+        compiling whole inputs would trace a graph per length with every segment unrolled. Fuses
+        the many element-wise ops of a small model (``docs/performance.md``); the first steps pay
+        the compilation. Returns the model."""
+        self._segment_body = torch.compile(self._body, dynamic=False, **compile_kwargs)
+        return self
 
     def reset_parameters(self) -> None:
         """GPT-2 style: normal(0, init_std), residual outputs scaled by 1/sqrt(2 n_layers)."""
@@ -312,7 +323,8 @@ class InfiniTransformer(nn.Module):
                 state = state.reset_rows(resets[a])
             mask = None if pad_mask is None else pad_mask[:, a:b]
             if ckpt:
-                h, state = checkpoint(self._body, input_ids[:, a:b], state, mask, use_reentrant=False)
+                body = self._segment_body or self._body
+                h, state = checkpoint(body, input_ids[:, a:b], state, mask, use_reentrant=False)
             else:
                 h, state = self._body(input_ids[:, a:b], state, mask)
             hidden.append(h)

@@ -201,6 +201,9 @@ class TrainConfig:
         "full"  # "full": gradients through the memory over all L tokens; int k: cut every k segments
     )
     checkpoint_segments: bool = False  # recompute each segment in backward (less memory, ~1.3x time)
+    # torch.compile the per-segment body that checkpoint_segments runs (InfiniTransformer.compile_segments):
+    # fuses a small model's many element-wise ops; needs checkpoint_segments and a C++ compiler on CPU
+    compile: bool = False
     autocast: str = "none"  # "none" (float32) or "bf16" (torch.autocast)
     device: str = "auto"  # "auto": cuda if available, else cpu (under torchrun: cuda:LOCAL_RANK)
     # data parallelism across the processes torchrun starts (one per device; train/distributed.py):
@@ -234,6 +237,14 @@ class TrainConfig:
                 f'[train] bptt must be "full" or a positive int (detach every k segments), got {self.bptt!r}'
             )
         _bool(s, "checkpoint_segments", self.checkpoint_segments)
+        _bool(s, "compile", self.compile)
+        if self.compile and not self.checkpoint_segments:
+            raise ValueError(
+                "[train] compile = true needs checkpoint_segments = true: it compiles one segment's "
+                "graph; whole rows would trace a new graph, every segment unrolled, for each length"
+            )
+        if self.compile and self.dist == "fsdp":
+            raise ValueError('[train] compile = true is not supported with dist = "fsdp" (untried)')
         if self.autocast not in AUTOCAST:
             raise ValueError(f"[train] autocast must be one of {AUTOCAST}, got {self.autocast!r}")
         _str(s, "device", self.device)

@@ -164,6 +164,8 @@ def _train(
         log(f"starting from {init_folder}")
     if found is not None:  # before wrapping: FSDP2 then shards the loaded weights
         load_weights(model, found / "model.safetensors")
+    if tc.compile:
+        model.compile_segments()
     net = distributed.wrap(model, dist, device)  # what the step calls; `model` stays the InfiniTransformer
     optimizer = build_optimizer(model, config.optim)  # on the wrapped (under FSDP2: sharded) parameters
     schedule = Schedule(optimizer, config.optim, tc.max_steps)
