@@ -233,6 +233,15 @@ def test_global_batch_must_split_evenly(setup, monkeypatch):
         train(load_config(config), out_dir=setup[0] / "never", log=quiet)
 
 
+def test_compile_is_refused_with_several_processes(setup, monkeypatch):
+    two = dist_mod.Dist("ddp", rank=0, local_rank=0, world_size=2)  # no process group: it fails first
+    monkeypatch.setattr(trainer_mod.distributed, "setup", lambda mode, device: (two, torch.device("cpu")))
+    config = load_config(setup[1])
+    config.train.checkpoint_segments = config.train.compile = True
+    with pytest.raises(ValueError, match=r"\[train\] compile = true is untried with several processes"):
+        train(config, out_dir=setup[0] / "never", log=quiet)
+
+
 @pytest.mark.parametrize(
     ("mode", "env", "expected"),
     [

@@ -202,7 +202,8 @@ class TrainConfig:
     )
     checkpoint_segments: bool = False  # recompute each segment in backward (less memory, ~1.3x time)
     # torch.compile the per-segment body that checkpoint_segments runs (InfiniTransformer.compile_segments):
-    # fuses a small model's many element-wise ops; needs checkpoint_segments and a C++ compiler on CPU
+    # fuses a small model's many element-wise ops; needs checkpoint_segments and a C++ compiler on CPU;
+    # one process only (untried under torchrun)
     compile: bool = False
     autocast: str = "none"  # "none" (float32) or "bf16" (torch.autocast)
     device: str = "auto"  # "auto": cuda if available, else cpu (under torchrun: cuda:LOCAL_RANK)

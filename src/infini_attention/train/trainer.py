@@ -122,6 +122,10 @@ def _train(
             f"[train] batch_size ({tc.batch_size}) is the global batch: it must be a multiple of the "
             f"{dist.world_size} processes"
         )
+    if tc.compile and dist.world_size > 1:
+        raise ValueError(
+            "[train] compile = true is untried with several processes: leave it off under torchrun"
+        )
     rows_per_rank = tc.batch_size // dist.world_size
     if not dist.is_main:
         log = _quiet  # rank 0 speaks for the run
