@@ -293,6 +293,23 @@ def test_compiled_segments_match_eager_values_gradients_and_state(backend):
     assert compiled._segment_body is not None and eager._segment_body is None
 
 
+def test_compiled_segments_do_not_recompile_for_new_row_lengths():
+    """Every piece is one segment: rows of 3 and then 5 segments (with padding, as training batches
+    have) reuse the graphs the first row compiled, where slices of longer rows would differ in strides."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    model = make_model(dtype=torch.float32).compile_segments(backend=counter)
+    for T in (24, 40, 56):
+        pad = torch.zeros(2, T, dtype=torch.bool)
+        pad[1, -3:] = True
+        model(tokens(2, T), pad_mask=pad, checkpoint_segments=True)
+        if T == 24:
+            compiled = counter.frame_count  # the first segment (empty state) and the others
+    assert compiled >= 1 and counter.frame_count == compiled
+
+
 def test_chunked_paths_respect_an_open_segment():
     model = make_model()
     ids = tokens(1, 30)
