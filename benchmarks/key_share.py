@@ -39,6 +39,17 @@ def key_share(model, parts: PasskeyParts, length: int, position: str, key: str =
     return rows
 
 
+def weakest_digit(rows: list[dict]) -> tuple[float, str]:
+    """The key share of the answer digit read worst, each digit taking its best head: heads may
+    split the digits between them, so one head's weakest digit can understate the read."""
+    best: dict[int, float] = {}
+    for r in rows:
+        if r["target"].strip().isdigit():
+            best[r["position"]] = max(best.get(r["position"], 0.0), r["key_share"])
+    position = min(best, key=best.get)
+    return best[position], next(r["target"] for r in rows if r["position"] == position)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="passkey")
@@ -60,6 +71,8 @@ def main() -> None:
             mine = [r for r in got if (r["layer"], r["head"]) == (layer, head)]
             cells = "  ".join(f"{r['key_share']:.3f} ({r['filler_share']:.0e})" for r in mine)
             print(f"  layer {layer} head {head} (gate {mine[0]['gate']:.2f}): {cells}")
+        share, digit = weakest_digit(got)
+        print(f"  weakest digit, best head each: {share:.3f} (answer digit {digit.strip()!r})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=2)
