@@ -47,7 +47,7 @@ def main() -> None:
         f"tokens per step, N = {eager.config.segment_len}, checkpoint_segments"
     )
     step(eager, ids, labels)
-    warm, loss_c, grads_c = step(compiled, ids, labels)
+    warm, _, _ = step(compiled, ids, labels)
     print(f"compiled warm-up step (compilation included): {warm:.1f} s")
     times: dict[str, list[float]] = {"eager": [], "compiled": []}
     for _ in range(args.repeats):

@@ -322,13 +322,12 @@ class InfiniTransformer(nn.Module):
             if a in resets:
                 state = state.reset_rows(resets[a])
             mask = None if pad_mask is None else pad_mask[:, a:b]
-            if ckpt and self._segment_body is not None:
-                # contiguous: a slice's strides carry the row length, and a compiled graph is
+            if ckpt:
+                # contiguous: a slice's strides carry the row length, and a compiled body is
                 # specialised on its inputs' strides (each new length would recompile)
                 ids, mask = input_ids[:, a:b].contiguous(), None if mask is None else mask.contiguous()
-                h, state = checkpoint(self._segment_body, ids, state, mask, use_reentrant=False)
-            elif ckpt:
-                h, state = checkpoint(self._body, input_ids[:, a:b], state, mask, use_reentrant=False)
+                body = self._segment_body or self._body
+                h, state = checkpoint(body, ids, state, mask, use_reentrant=False)
             else:
                 h, state = self._body(input_ids[:, a:b], state, mask)
             hidden.append(h)
