@@ -15,7 +15,9 @@ length N = 512, delta rule; our SwiGLU width ``d_ff`` is chosen so that our FFN 
 parameters as the peer's GEGLU FFN (``ff_mult=4``: inner width int(4 * 256 * 2 / 3) = 682, with
 biases). Both parameter counts are printed.
 
-Cases, all float32, batch 1, random token ids, in one process:
+Cases, all float32, batch 1, random token ids, in one process (``--device``, default cpu; on
+cuda every timing synchronises the device before and after, and the matmul rate is the GPU's
+float32 rate):
 
 * streaming forward (``torch.no_grad()``) over ``--stream-tokens`` tokens, one call per
   512-token segment carrying the state (ours: ``ModelOutput.state``; the peer:
@@ -50,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from issue_model import D_MODEL, HEAD_DIM, HEADS, LAYERS, VOCAB, N, build_model, run_meta
+from op_bench import synchronize
 
 PEER_FF_MULT = 4
 
@@ -135,26 +138,33 @@ def linear_flops_per_token(d_ff: int) -> int:
     return LAYERS * (2 * D_MODEL * 4 * HEADS * HEAD_DIM + 2 * 3 * D_MODEL * d_ff) + 2 * D_MODEL * VOCAB
 
 
-def gemm_gflops(repeats: int = 20) -> float:
+def gemm_gflops(repeats: int = 20, device: str = "cpu") -> float:
     """This machine's float32 matmul rate at the FFN's shape for one segment (512 x 256 @ 256 x 1368)."""
-    a, b = torch.randn(N, D_MODEL), torch.randn(D_MODEL, 2 * 684)
+    a, b = torch.randn(N, D_MODEL, device=device), torch.randn(D_MODEL, 2 * 684, device=device)
     for _ in range(3):
         a @ b
+    synchronize(a.device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    synchronize(a.device)
     return 2 * N * D_MODEL * 2 * 684 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu"
+) -> dict[str, list[float]]:
     """One untimed warm-up of each, then ``repeats`` rounds timing each function once per round."""
     for fn in fns.values():
         fn()
+    device = torch.device(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            synchronize(device)
             t0 = time.perf_counter()
             fn()
+            synchronize(device)
             times[name].append(time.perf_counter() - t0)
     return times
 
@@ -166,6 +176,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--json", type=Path, help="write raw timings and settings here")
     p.add_argument("--markdown", type=Path, help="write the table here")
     args = p.parse_args()
@@ -180,6 +191,7 @@ def main() -> None:
 
     peer_version = version("infini-transformer-pytorch")
     ours, peer, d_ff = build_models(args.seed)
+    ours, peer = ours.to(args.device), peer.to(args.device)
     is_emb = lambda n: "emb" in n or "to_logits" in n or "lm_head" in n  # noqa: E731
     params = {
         "ours": {"total": count(ours), "non_embedding": count(ours, lambda n: not is_emb(n))},
@@ -200,6 +212,7 @@ def main() -> None:
     stream_ids = torch.randint(0, VOCAB, (1, args.stream_tokens), generator=g)
     train_seq = torch.randint(0, VOCAB, (1, args.train_tokens + 1), generator=g)
     train_ids, train_labels = train_seq[:, :-1], train_seq[:, 1:]
+    stream_ids, train_ids, train_labels = (t.to(args.device) for t in (stream_ids, train_ids, train_labels))
 
     # sanity (not a test): finite outputs; ours segment by segment equals ours in one call
     sanity: dict[str, object] = {}
@@ -233,6 +246,7 @@ def main() -> None:
                 "ours_one_call": lambda: ours_stream_one_call(ours, stream_ids),
             },
             args.repeats,
+            args.device,
         )
     print(f"stream times (s): {json.dumps(stream)}", flush=True)
     ours.train()
@@ -243,12 +257,13 @@ def main() -> None:
             "peer": lambda: peer_train_step(peer, train_ids, train_labels),
         },
         args.repeats,
+        args.device,
     )
     print(f"train times (s): {json.dumps(train)}", flush=True)
     wall = time.perf_counter() - t_start
     print(f"load average at end: {os.getloadavg()}; timed part took {wall:.0f} s")
 
-    gflops = gemm_gflops()
+    gflops = gemm_gflops(device=args.device)
     floor_fwd = linear_flops_per_token(d_ff) / (gflops * 1e9)  # seconds per token, forward
     print(
         f"float32 matmul rate {gflops:.0f} GFLOP/s; dense-layer floor {floor_fwd * 1e6:.1f} us/token forward"
@@ -318,7 +333,8 @@ def main() -> None:
         head = (
             f"Against infini-transformer-pytorch {peer_version}, {meta['date_utc']} UTC, "
             f"torch {torch.__version__}, "
-            f"{meta['threads']} threads, median of {args.repeats} (interleaved). Parameters: ours "
+            + ("" if args.device == "cpu" else f"device {args.device}, ")
+            + f"{meta['threads']} threads, median of {args.repeats} (interleaved). Parameters: ours "
             f"{params['ours']['total']:,}, peer {params['peer']['total']:,}.\n\n"
         )
         args.markdown.write_text(head + table + "\n")

@@ -40,6 +40,7 @@ Subcommands (``all`` runs the three in turn and writes one JSON and one markdown
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -53,6 +54,7 @@ import torch
 
 from infini_attention.eval.passkey import parse_length  # "16K", "1M" (x1024)
 from issue_model import D_FF, D_MODEL, HEAD_DIM, HEADS, LAYERS, VOCAB, N, build_model, run_meta
+from op_bench import synchronize  # a no-op on the CPU; gpu_bench.py runs these functions on CUDA
 
 
 def maxrss_bytes() -> int:
@@ -84,13 +86,17 @@ def reset_peak_rss() -> bool:
 
 
 def stream(model, tokens: int, chunk: int, seed: int, state=None, start: int = 0, marks=(), on_mark=None):
-    """Feed tokens ``start`` .. ``tokens`` in chunks of ``chunk``; call ``on_mark(t, state)`` at each mark."""
+    """Feed tokens ``start`` .. ``tokens`` in chunks of ``chunk``; call ``on_mark(t, state)`` at each mark.
+
+    The ids are drawn on the CPU (the same ids on every device) and moved to the model's device.
+    """
+    device = model.embed.weight.device
     t = start
     with torch.no_grad():
         while t < tokens:
             end = min(t + chunk, tokens, *[m for m in marks if m > t])
             g = torch.Generator().manual_seed(seed * 1_000_003 + t)
-            ids = torch.randint(0, VOCAB, (1, end - t), generator=g)
+            ids = torch.randint(0, VOCAB, (1, end - t), generator=g).to(device)
             state = model(ids, state, logits_to_keep=1).state
             t = end
             if on_mark is not None and t in marks:
@@ -99,14 +105,32 @@ def stream(model, tokens: int, chunk: int, seed: int, state=None, start: int = 0
 
 
 def decode_steps(model, state, steps: int, seed: int) -> list[float]:
+    """Seconds of each of ``steps`` single-token steps from ``state`` (the device synchronised
+    before and after each)."""
+    device = model.embed.weight.device
     g = torch.Generator().manual_seed(seed)
-    toks = torch.randint(0, VOCAB, (steps, 1, 1), generator=g)
+    toks = torch.randint(0, VOCAB, (steps, 1, 1), generator=g).to(device)
     times = []
     with torch.no_grad():
         for i in range(steps):
+            synchronize(device)
             t0 = time.perf_counter()
             state = model(toks[i], state, logits_to_keep=1).state
+            synchronize(device)
             times.append(time.perf_counter() - t0)
+    return times
+
+
+def decode_rounds(model, short, long, steps: int, repeats: int, seed: int) -> dict[str, list[float]]:
+    """8 untimed warm-up steps from each state, then ``repeats`` rounds of ``steps`` steps from
+    ``short`` and the same from ``long``, interleaved; both states must be at a segment boundary."""
+    assert short.buffered == 0 and long.buffered == 0, "decode must start at a segment boundary"
+    decode_steps(model, short, 8, seed)  # warm-up
+    decode_steps(model, long, 8, seed)
+    times: dict[str, list[float]] = {"short": [], "long": []}
+    for r in range(repeats):
+        times["short"] += decode_steps(model, short, steps, seed + r)
+        times["long"] += decode_steps(model, long, steps, seed + r)
     return times
 
 
@@ -150,14 +174,9 @@ def worker(args) -> None:
     out["state_bytes"] = state.nbytes
     out["state_buffered"] = state.buffered
     if args.decode_at:
-        short = saved[args.decode_at]
-        assert short.buffered == 0 and state.buffered == 0, "decode must start at a segment boundary"
-        decode_steps(model, short, 8, args.seed)  # warm-up
-        decode_steps(model, state, 8, args.seed)
-        times: dict[str, list[float]] = {"short": [], "long": []}
-        for r in range(args.decode_repeats):
-            times["short"] += decode_steps(model, short, args.decode_steps, args.seed + r)
-            times["long"] += decode_steps(model, state, args.decode_steps, args.seed + r)
+        times = decode_rounds(
+            model, saved[args.decode_at], state, args.decode_steps, args.decode_repeats, args.seed
+        )
         out["decode"] = {"short_tokens": args.decode_at, "long_tokens": args.tokens, "step_s": times}
         out["peak_rss_after_decode_bytes"] = proc_status_bytes("VmHWM")
     print("RESULT " + json.dumps(out), flush=True)
@@ -255,15 +274,76 @@ def step_flops(tokens: int) -> dict[str, float]:
     return {**{k: 3 * v for k, v in fwd.items()}, "total": 3 * sum(fwd.values())}
 
 
-def mm_gflops(m: int, k: int, n: int, seconds: float = 1.5) -> float:
-    a, b = torch.randn(m, k), torch.randn(k, n)
+def mm_gflops(
+    m: int, k: int, n: int, seconds: float = 1.5, device: str | torch.device = "cpu", dtype=torch.float32
+) -> float:
+    """GFLOP/s of ``a @ b`` (m x k @ k x n) repeated for ``seconds``. On CUDA the products are
+    queued without waiting and the clock stops once the device has finished them all."""
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
+    synchronize(a.device)
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         reps += 1
+    synchronize(a.device)
     return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+
+
+def train_efficiency(
+    model,
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    shapes: dict[str, tuple[int, int, int]],
+    repeats: int,
+    mm_seconds: float = 1.0,
+    mm_dtype: torch.dtype = torch.float32,
+    autocast=contextlib.nullcontext,
+) -> dict:
+    """Median training step (one call with ``labels``: full BPTT) on ``ids`` ``[B, T]``, timed
+    interleaved with the matmul rate at each of ``shapes``; FLOPs counted by ``step_flops``.
+
+    ``autocast``: a context factory entered around the forward pass (e.g. bf16 autocast).
+    """
+    device = ids.device
+
+    def step() -> float:
+        with autocast():
+            loss = model(ids, labels=labels).loss  # one call: full BPTT
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return loss.item()
+
+    loss = step()  # warm-up
+    times, rates = [], {k: [] for k in shapes}
+    for _ in range(repeats):  # interleave step and matmul timings
+        synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+        for name, s in shapes.items():
+            rates[name].append(mm_gflops(*s, seconds=mm_seconds, device=device, dtype=mm_dtype))
+    flops = step_flops(ids.numel())
+    t = statistics.median(times)
+    achieved = flops["total"] / t / 1e9
+    mm = {k: statistics.median(v) for k, v in rates.items()}
+    frac = {k: achieved / v for k, v in mm.items()}
+    return {
+        "train_tokens": ids.numel(),
+        "step_s": times,
+        "median_step_s": t,
+        "loss": loss,
+        "flops": flops,
+        "achieved_gflops": achieved,
+        "achieved_gflops_dense_only": flops["dense"] / t / 1e9,
+        "matmul_shapes": {k: list(v) for k, v in shapes.items()},
+        "matmul_gflops_runs": rates,
+        "matmul_gflops": mm,
+        "efficiency": frac,
+        "target_met": min(frac.values()) >= 0.4,
+    }
 
 
 def bench_efficiency(args) -> dict:
@@ -273,28 +353,10 @@ def bench_efficiency(args) -> dict:
     g = torch.Generator().manual_seed(args.seed)
     seq = torch.randint(0, VOCAB, (1, T + 1), generator=g)
     ids, labels = seq[:, :-1], seq[:, 1:]
-
-    def step() -> float:
-        loss = model(ids, labels=labels).loss  # one call: full BPTT
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        return loss.item()
-
     shapes = {"ffn_step": (T, D_MODEL, 2 * D_FF), "square_2048": (2048, 2048, 2048)}
-    loss = step()  # warm-up
-    times, rates = [], {k: [] for k in shapes}
-    for _ in range(args.train_repeats):  # interleave step and matmul timings
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-        for name, s in shapes.items():
-            rates[name].append(mm_gflops(*s, seconds=1.0))
-    flops = step_flops(T)
-    t = statistics.median(times)
-    achieved = flops["total"] / t / 1e9
-    mm = {k: statistics.median(v) for k, v in rates.items()}
-    frac = {k: achieved / v for k, v in mm.items()}
-    dense_only = flops["dense"] / t / 1e9
+    res = train_efficiency(model, ids, labels, shapes, args.train_repeats)
+    t, loss, flops, achieved = res["median_step_s"], res["loss"], res["flops"], res["achieved_gflops"]
+    mm, frac = res["matmul_gflops"], res["efficiency"]
     print(
         f"efficiency: step over {T} tokens {t:.3f} s (loss {loss:.3f}), "
         f"{flops['total'] / 1e9:.1f} GFLOP counted "
@@ -302,20 +364,7 @@ def bench_efficiency(args) -> dict:
         f"{mm['square_2048']:.1f} at 2048^3; efficiency {100 * frac['ffn_step']:.1f}% / "
         f"{100 * frac['square_2048']:.1f}% (target >= 40%)"
     )
-    return {
-        "train_tokens": T,
-        "step_s": times,
-        "median_step_s": t,
-        "loss": loss,
-        "flops": flops,
-        "achieved_gflops": achieved,
-        "achieved_gflops_dense_only": dense_only,
-        "matmul_shapes": {k: list(v) for k, v in shapes.items()},
-        "matmul_gflops_runs": rates,
-        "matmul_gflops": mm,
-        "efficiency": frac,
-        "target_met": min(frac.values()) >= 0.4,
-    }
+    return res
 
 
 # ---- output -----------------------------------------------------------------------------------
