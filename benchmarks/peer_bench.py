@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from issue_model import D_MODEL, HEAD_DIM, HEADS, LAYERS, VOCAB, N, build_model, run_meta
-from op_bench import synchronize
+from op_bench import synchronize, time_once
 
 PEER_FF_MULT = 4
 
@@ -161,11 +161,7 @@ def interleaved(
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(time_once(fn, device) / 1e3)  # seconds
     return times
 
 

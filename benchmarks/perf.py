@@ -54,7 +54,7 @@ import torch
 
 from infini_attention.eval.passkey import parse_length  # "16K", "1M" (x1024)
 from issue_model import D_FF, D_MODEL, HEAD_DIM, HEADS, LAYERS, VOCAB, N, build_model, run_meta
-from op_bench import synchronize  # a no-op on the CPU; gpu_bench.py runs these functions on CUDA
+from op_bench import synchronize, time_once  # a no-op on the CPU; gpu_bench.py runs these functions on CUDA
 
 
 def maxrss_bytes() -> int:
@@ -318,11 +318,7 @@ def train_efficiency(
     loss = step()  # warm-up
     times, rates = [], {k: [] for k in shapes}
     for _ in range(repeats):  # interleave step and matmul timings
-        synchronize(device)
-        t0 = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
+        times.append(time_once(step, device) / 1e3)  # seconds
         for name, s in shapes.items():
             rates[name].append(mm_gflops(*s, seconds=mm_seconds, device=device, dtype=mm_dtype))
     flops = step_flops(ids.numel())
