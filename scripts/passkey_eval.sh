@@ -2,7 +2,7 @@
 # Every passkey number of a model in docs/passkey.md: by default the shipped one (since 2026-12-07 the
 # repeated-keys chain's stage 8, step 36), into docs/results/passkey/chain3/stage8_1m_step36_*. The
 # first chain's stage 8 (shipped before) came from
-#   MODEL=checkpoints/passkey1-stage8 PREFIX=stage8_ bash scripts/passkey_eval.sh
+#   MODEL=checkpoints/passkey1-stage8 PREFIX=stage8_ PLOT=docs/img/passkey_heatmap.png bash scripts/passkey_eval.sh
 # and earlier stages' files from
 #   MODEL=runs/passkey-mix/checkpoints/step-000036 PREFIX=stage7_ bash scripts/passkey_eval.sh
 #   MODEL=runs/passkey-512k PREFIX= bash scripts/passkey_eval.sh
@@ -14,11 +14,12 @@ OUT=${OUT:-docs/results/passkey}
 PREFIX=${PREFIX-chain3/stage8_1m_step36_}
 TRIALS=${TRIALS:-20}
 PART=${PART:-all}
+PLOT=${PLOT:-docs/img/passkey_heatmap_shipped.png}  # the main table's heatmap
 mkdir -p "$OUT"
 ev() { infini eval passkey --model "$1" "${@:2}"; }
 if [[ $PART != b ]]; then
   # the main table: 32K..1M, key at start / middle / end
-  ev "$MODEL" --lengths 32K,128K,256K,512K,1M --trials "$TRIALS" --json "$OUT/${PREFIX}table.json" --plot "$OUT/${PREFIX}heatmap.png"
+  ev "$MODEL" --lengths 32K,128K,256K,512K,1M --trials "$TRIALS" --json "$OUT/${PREFIX}table.json" --plot "$PLOT"
   # 1,000,000 tokens: the answer inside one segment (1M = 1,048,576 ends 1 token before a boundary)
   ev "$MODEL" --lengths 1000000 --trials "$TRIALS" --json "$OUT/${PREFIX}1000000.json"
 fi
