@@ -213,3 +213,44 @@ def test_bptt_int_and_tables(tmp_path):
     assert config.train.detach_every == 2
     with pytest.raises(ValueError, match=r"\[optim\] must be a table"):
         RunConfig.from_dict({"model": {"d_model": 8, "n_layers": 1, "n_heads": 1}, "optim": 3})
+
+
+def test_extends_merges_tables_and_the_child_wins(tmp_path):
+    """A stage that changes one value extends its parent instead of copying it; tables merge key by
+    key, so the parent's other keys of the same table survive."""
+    write(tmp_path, BASE, "parent.toml")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    write(sub, 'extends = "../parent.toml"\n[optim]\nlr = 5e-4\n[train]\nmax_steps = 9\n', "mid.toml")
+    child = write(tmp_path, 'extends = "sub/mid.toml"\n[model]\nn_heads = 4\n', "child.toml")
+    config = load_config(child)
+    parent = load_config(tmp_path / "parent.toml")
+    assert config.model["n_heads"] == 4 and config.model["d_model"] == 32  # merged, not replaced
+    assert config.optim.lr == 5e-4 and config.train.max_steps == 9 and config.train.batch_size == 2
+    assert config.data == parent.data
+    assert config.train.out_dir == "runs/child"  # the run is named after the file that was given
+    assert RunConfig.from_dict(config.to_dict()) == config  # the saved config needs no parent
+
+
+def test_extends_errors_name_the_problem(tmp_path):
+    missing = write(tmp_path, 'extends = "nope.toml"\n' + BASE, "m.toml")
+    with pytest.raises(FileNotFoundError, match=r"nope\.toml \(extended by .*m\.toml\)"):
+        load_config(missing)
+    write(tmp_path, 'extends = "b.toml"\n', "a.toml")
+    write(tmp_path, 'extends = "a.toml"\n', "b.toml")
+    with pytest.raises(ValueError, match="config extends itself: .*a.toml -> .*b.toml -> .*a.toml"):
+        load_config(tmp_path / "a.toml")
+    with pytest.raises(ValueError, match="extends must be a config file name, got 3"):
+        load_config(write(tmp_path, "extends = 3\n" + BASE, "n.toml"))
+
+
+def test_passkey3_stages_extend_the_repeated_keys_chain():
+    """The wide chain's stages are the repeated-keys chain's, except for where they start from."""
+    previous = {"stage1": "copy", "stage2": "stage1", "stage3": "stage2"}
+    for stage, before in previous.items():
+        wide = load_config(ROOT / "configs" / f"passkey3-{stage}.toml").to_dict()
+        narrow = load_config(ROOT / "configs" / f"passkey2-{stage}.toml").to_dict()
+        assert wide["train"].pop("init_from").endswith(f"passkey3-{before}")
+        narrow["train"].pop("init_from")
+        wide["train"].pop("out_dir"), narrow["train"].pop("out_dir")
+        assert wide == narrow

@@ -5,6 +5,10 @@ tokenizer's size), ``[data]``, ``[optim]`` and ``[train]``. An unknown section o
 wrong type or out of range is a ``ValueError`` that names it, so a typo never silently falls back
 to a default.
 
+A top-level ``extends = "other.toml"`` (a path from the config's own folder) starts from another
+config: its tables are merged key by key, this file's values winning, so a stage that changes one
+value is one line, not a copy. Chains are followed; a cycle is an error.
+
 ``[train] batch_size`` is the global batch: under ``torchrun`` (``[train] dist``) the processes split
 it evenly, so the same config trains on the same batches whatever the number of processes.
 """
@@ -380,16 +384,44 @@ def _resolve_path(spec: str, base: Path) -> str:
     return spec
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a TOML run config. Relative data paths are tried from the current directory, then from
-    the repository root holding ``configs/`` (or the config file's own folder)."""
-    path = Path(path).expanduser()
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on top: tables merged key by key, any other value replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw tables of ``path`` with its ``extends`` chain merged in (parents first)."""
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        where = f" (extended by {seen[-1]})" if seen else ""
+        raise FileNotFoundError(f"config file not found: {path}{where}")
+    resolved = path.resolve()
+    if resolved in seen:
+        chain = " -> ".join(str(p) for p in (*seen, resolved))
+        raise ValueError(f"config extends itself: {chain}")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot parse {path}: {err}") from None
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent:
+        raise ValueError(f"{path}: extends must be a config file name, got {parent!r}")
+    return _merge(_read_toml(resolved.parent / parent, (*seen, resolved)), raw)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a TOML run config (following ``extends``). Relative data paths are tried from the
+    current directory, then from the repository root holding ``configs/`` (or the config file's own
+    folder)."""
+    path = Path(path).expanduser()
+    raw = _read_toml(path)
     try:
         config = RunConfig.from_dict(raw)
     except ValueError as err:
