@@ -370,3 +370,42 @@ def test_real_loader_missing_model_is_one_line(tmp_path, text_file):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("infini: error:"), result.stderr
+
+
+def _cell(length, position, correct, trials=2):
+    samples = [{"key": "12345", "correct": i < correct} for i in range(trials)]
+    return {"length": length, "position": position, "trials": trials, "correct": correct,
+            "accuracy": correct / trials, "prompt_tokens": length * trials, "seconds": 1.0,
+            "samples": samples}  # fmt: skip
+
+
+def _results(cells, **extra):
+    positions = list(dict.fromkeys(c["position"] for c in cells))
+    return {"lengths": sorted({c["length"] for c in cells}), "positions": positions,
+            "haystack": "repeated", "segment_len": 128, "bf16": False, "memory_off": False, "trials": 2,
+            "seed": 0, "cells": cells, "model": "passkey", **extra}  # fmt: skip
+
+
+def test_plot_passkey_joins_separate_runs(tmp_path, capsys):
+    """Two runs (32K at start/end, 1M at start) become one table and heatmap; a cell run twice, or
+    runs that differ in what they measured, are one-line errors, not a silently wrong table."""
+    a, b, joined, png = (tmp_path / n for n in ("a.json", "b.json", "joined.json", "pk.png"))
+    a.write_text(json.dumps(_results([_cell(32768, "start", 2), _cell(32768, "end", 1)])))
+    b.write_text(json.dumps(_results([_cell(1048576, "start", 0)], model="runs/x")))
+    argv = ["plot", "passkey", "--results", str(b), str(a), "--out", str(png)]
+    assert main([*argv, "--json", str(joined)]) == 0
+    out = capsys.readouterr().out
+    assert "100% (2/2)" in out and "0% (0/2)" in out and "joined results to" in out
+    r = json.loads(joined.read_text())
+    assert r["lengths"] == [32768, 1048576] and r["positions"] == ["start", "end"]
+    assert [(c["length"], c["position"]) for c in r["cells"]] == [
+        (32768, "start"),
+        (32768, "end"),
+        (1048576, "start"),
+    ]
+    assert r["model"] == "runs/x + passkey" and r["joined_from"] == [str(b), str(a)] and r["trials"] == 2
+    assert png.stat().st_size > 1000
+    one_line_error(capsys, ["plot", "passkey", "--results", str(a), str(a), "--out", str(png)],
+                   "cell 32K start is in both")  # fmt: skip
+    b.write_text(json.dumps(_results([_cell(1048576, "start", 0)], bf16=True)))
+    one_line_error(capsys, argv, "cannot join passkey results with different bf16")

@@ -49,11 +49,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "passkey",
         help="passkey accuracy heatmap, length x key position",
         description="Heatmap of passkey retrieval accuracy by prompt length and key depth, from the JSON "
-        "of 'infini eval passkey --json'.",
+        "of 'infini eval passkey --json'. Several files (separate runs of the same model, e.g. 32K-512K "
+        "and 1M) are joined into one table; a cell in two files is an error.",
     )
     pk.add_argument(
-        "--results", metavar="JSON", required=True, help="written by 'infini eval passkey --json'"
+        "--results",
+        metavar="JSON",
+        nargs="+",
+        required=True,
+        help="written by 'infini eval passkey --json' (one or more)",
     )
+    pk.add_argument("--json", default=None, help="also write the joined results here")
     pk.add_argument("--title", default=None, help="plot title")
     pk.add_argument("--out", default="passkey.png", help="output image (default: passkey.png)")
 
@@ -90,10 +96,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if args.plot_command == "passkey":
+        from ..eval.passkey import format_passkey_table, join_passkey_results
         from ..eval.plots import plot_passkey
 
-        plot_passkey(_read_results(args.results), args.out, title=args.title)
-        print(f"passkey heatmap written to {args.out}")
+        parts = [_read_results(path) for path in args.results]
+        results = parts[0] if len(parts) == 1 else join_passkey_results(parts, args.results)
+        plot_passkey(results, args.out, title=args.title)
+        if args.json is not None:
+            from ..eval.summarize import write_json_atomic
+
+            _check_out(args.json)
+            write_json_atomic(args.json, results)
+        if len(parts) > 1:
+            print(format_passkey_table(results))
+        print(
+            f"passkey heatmap written to {args.out}"
+            + (f", joined results to {args.json}" if args.json else "")
+        )
         return 0
 
     from ..eval.plots import plot_ppl

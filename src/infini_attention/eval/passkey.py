@@ -537,11 +537,68 @@ def format_passkey_table(results: dict[str, Any]) -> str:
     )
     speed = results.get("tokens_per_s")
     if speed:
-        lines.append(
-            f"{results['trials']} trial(s) per cell, seed {results['seed']}; "
-            f"{results['tokens']:,} prompt tokens at {speed:,.0f} tokens/s"
-        )
+        per_cell = "" if results.get("trials") is None else f"{results['trials']} trial(s) per cell, "
+        seed = "" if results.get("seed") is None else f"seed {results['seed']}; "
+        lines.append(f"{per_cell}{seed}{results['tokens']:,} prompt tokens at {speed:,.0f} tokens/s")
     return "\n".join(lines)
+
+
+# what must agree for results of separate runs to be one table
+_JOIN_MUST_MATCH = ("haystack", "segment_len", "bf16", "memory_off")
+
+
+def join_passkey_results(parts: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """One results dict from the results of separate runs (e.g. 32K-512K in one process, 1M in
+    another): the union of their lengths (ascending), positions and cells. ``names`` (a file name
+    per part) go into the errors and into ``joined_from``.
+
+    A cell run twice, or parts that differ in haystack, segment length, bf16 or memory-off, are a
+    ``ValueError``: one table must answer one question. Parts from differently named models are
+    allowed (a run folder and the same weights shipped) and all their names are kept in ``model``.
+    """
+    if len(parts) != len(names) or not parts:
+        raise ValueError("join_passkey_results needs one name per part and at least one part")
+    for part, name in zip(parts, names, strict=True):
+        if not isinstance(part, dict) or not all(k in part for k in ("lengths", "positions", "cells")):
+            raise ValueError(f"{name}: not passkey results (from 'infini eval passkey --json')")
+    for key in _JOIN_MUST_MATCH:
+        values = {name: part.get(key) for part, name in zip(parts, names, strict=True)}
+        if len({repr(v) for v in values.values()}) > 1:
+            listed = ", ".join(f"{n}: {v!r}" for n, v in values.items())
+            raise ValueError(f"cannot join passkey results with different {key} ({listed})")
+    seen: dict[tuple[int, str], str] = {}
+    positions: list[str] = []
+    for part, name in zip(parts, names, strict=True):
+        for cell in part["cells"]:
+            where = (cell["length"], cell["position"])
+            if where in seen:
+                raise ValueError(
+                    f"cell {format_tokens(where[0])} {where[1]} is in both {seen[where]} and {name}"
+                )
+            seen[where] = name
+        positions += [p for p in part["positions"] if p not in positions]
+    order = {p: i for i, p in enumerate(positions)}
+    cells = sorted(
+        (c for part in parts for c in part["cells"]), key=lambda c: (c["length"], order[c["position"]])
+    )
+    models = list(dict.fromkeys(str(part.get("model")) for part in parts if part.get("model") is not None))
+    trials = {part.get("trials") for part in parts}
+    seeds = {part.get("seed") for part in parts}
+    tokens = sum(c["prompt_tokens"] for c in cells)
+    seconds = sum(c["seconds"] for c in cells)
+    return {
+        "lengths": sorted({n for part in parts for n in part["lengths"]}),
+        "positions": positions,
+        **{key: parts[0].get(key) for key in _JOIN_MUST_MATCH},
+        "trials": trials.pop() if len(trials) == 1 else None,
+        "seed": seeds.pop() if len(seeds) == 1 else None,
+        "cells": cells,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else None,
+        "model": " + ".join(models) if models else None,
+        "joined_from": list(names),
+    }
 
 
 def parse_length(text: str) -> int:
@@ -574,6 +631,7 @@ __all__ = [
     "first_five_digit_number",
     "accuracy_by_key_kind",
     "format_passkey_table",
+    "join_passkey_results",
     "key_kind",
     "parse_length",
     "prefill",
