@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from infini_attention.data.passkey_task import (
     PasskeySampler,
     answer_ids,
     answer_span,
+    book_stretch,
     crossing_prompt,
     repeated_digits_key,
     retrieved,
@@ -209,6 +211,67 @@ def test_bad_settings(tok):
         PasskeySampler(tok, 500, 64, 2, seed=0)
     with pytest.raises(ValueError, match="batch_size"):
         PasskeySampler(tok, 512, 64, 0, seed=0)
+
+
+class _Books:
+    """A stand-in for a TokenShards split: documents of distinct byte ranges, so a stretch's
+    source is visible in its tokens."""
+
+    def __init__(self, texts):
+        self.docs = [np.frombuffer(t.encode(), dtype=np.uint8).astype(np.int64) for t in texts]
+        self.lengths = np.array([len(d) for d in self.docs])
+
+    def doc(self, i):
+        return self.docs[i]
+
+
+def test_book_filler_replaces_the_filler_with_book_text(tok):
+    """The book rows keep the template's intro, key sentence, question and answer, with book text in
+    place of every filler sentence and the row as long as a plain one; the share is about as asked;
+    resumable."""
+    books = _Books(["abcdefghij " * 300, "0123 KLMNOP " * 200])
+    plain = PasskeySampler(tok, 1024, 64, 8, seed=4, min_len=400)
+    mixed = PasskeySampler(tok, 1024, 64, 8, seed=4, min_len=400, book_filler=0.5, books=books)
+    n_book = 0
+    for _ in range(6):
+        a, b = plain.next_batch(), mixed.next_batch()
+        assert a.input_ids.shape == b.input_ids.shape
+        for r in range(a.input_ids.shape[0]):
+            text = tok.decode(b.input_ids[r][~b.pad_mask[r]].tolist())
+            m = re.fullmatch(
+                r"(.*?)( The pass key is (\d{5})\. Remember it\. \3 is the pass key\.)(.*)"
+                + re.escape(QUESTION) + r" \3\.", text, flags=re.S,
+            )  # fmt: skip
+            assert m, text[-200:]
+            if "grass" in text:
+                continue
+            n_book += 1
+            intro = PasskeyParts.from_tokenizer(tok).intro
+            filler = (m.group(1) + m.group(4))[len(tok.decode(list(intro))) :]
+            assert set(filler) <= set("abcdefghij ") or set(filler) <= set("0123 KLMNOP"), filler[:80]
+            L, real = b.input_ids.shape[1], int((~b.pad_mask[r]).sum())  # as long as a plain row:
+            assert L - 64 - mixed.room - len(PasskeyParts.from_tokenizer(tok).filler) < real <= L
+    assert 12 <= n_book <= 36, n_book  # 48 rows, half of them drawn with book text
+    again = PasskeySampler(tok, 1024, 64, 8, seed=4, min_len=400, book_filler=0.5, books=books)
+    again.load_state_dict(mixed.state_dict())
+    assert torch.equal(again.next_batch().input_ids, mixed.next_batch().input_ids)
+    with pytest.raises(ValueError, match="book_filler needs the corpus's training split"):
+        PasskeySampler(tok, 1024, 64, 8, seed=4, min_len=400, book_filler=0.5)
+    with pytest.raises(ValueError, match="book_filler must be a share"):
+        PasskeySampler(tok, 1024, 64, 8, seed=4, min_len=400, book_filler=2.0, books=books)
+
+
+def test_book_stretch_reads_one_document_and_cycles_a_short_one():
+    import random
+
+    books = _Books(["a" * 50, "b" * 5000])
+    rng = random.Random(0)
+    stretches = [book_stretch(books, 100, rng) for _ in range(200)]
+    assert all(len(s) == 100 and len(set(s.tolist())) == 1 for s in stretches)  # never two documents
+    assert 0 < sum(s[0] == ord("a") for s in stretches) < 20  # drawn in proportion to length (1%)
+    short = _Books(["xyz"])
+    assert bytes(book_stretch(short, 7, rng).astype(np.uint8)).decode() in ("xyzxyzx", "yzxyzxy", "zxyzxyz")
+    assert len(book_stretch(books, 0, rng)) == 0
 
 
 def test_retrieved_is_exact_match_of_the_answer():

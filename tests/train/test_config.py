@@ -181,6 +181,11 @@ def test_unknown_names_are_errors(tmp_path, old, new, message):
         ("seq_len = 64", "seq_len = 64\npasskey_word_keys = 2", r"passkey_word_keys must be a number >= 0"),
         (
             "seq_len = 64",
+            "seq_len = 64\npasskey_book_filler = 1.5",
+            r"passkey_book_filler must be a number >= 0",
+        ),
+        (
+            "seq_len = 64",
             'seq_len = 64\npasskey_lengths = "log"',
             r"\[data\] passkey_lengths must be one of \('uniform', 'log-uniform'\), got 'log'",
         ),

@@ -157,9 +157,16 @@ def passkey_config(cache: Path, init_from: Path, **train_kw) -> RunConfig:
     }  # fmt: skip
     t.update(train_kw)
     data = {"task": "passkey", "seq_len": 512, "passkey_min_len": 320, "cache_dir": str(cache)}
-    if "lm_every" in t:
-        data.update(lm_every=t.pop("lm_every"), corpus=str(EXCERPT))
-    for key in ("copy_every", "passkey_copy_targets", "passkey_word_keys", "passkey_lengths"):
+    if "lm_every" in t or "passkey_book_filler" in t:
+        data.update(lm_every=t.pop("lm_every", 0), corpus=str(EXCERPT))
+    keys = (
+        "copy_every",
+        "passkey_copy_targets",
+        "passkey_word_keys",
+        "passkey_lengths",
+        "passkey_book_filler",
+    )
+    for key in keys:
         if key in t:
             data[key] = t.pop(key)
     return RunConfig.from_dict(
@@ -245,6 +252,36 @@ def test_passkey_resume_is_bit_exact(tmp_path, cache, pretrained_run, lm_every, 
     if lm_every:  # language-modelling steps (2, 4) have the corpus's loss, passkey steps the answer's
         assert read_metrics(tmp_path / "whole")[1]["passkey_acc"] is None
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_passkey_book_filler_trains_on_the_corpus_text(tmp_path, cache, pretrained_run, monkeypatch):
+    """[data] passkey_book_filler = 1: every training row's filler is text of the corpus's training
+    split (the excerpt here), none of the repeated sentences; the held-out prompts stay the paper's;
+    the run resumes bit-exactly."""
+    from infini_attention.data import passkey_task
+
+    texts = {"train": [], "held-out": []}
+    original = passkey_task.PasskeySampler.next_batch
+
+    def recording(self):
+        batch = original(self)
+        which = "held-out" if self.seed >= 1_000_003 else "train"
+        texts[which] += [self.parts.tokenizer.decode(r.tolist()) for r in batch.input_ids]
+        return batch
+
+    monkeypatch.setattr(passkey_task.PasskeySampler, "next_batch", recording)
+    config = passkey_config(cache, pretrained_run, passkey_book_filler=1.0)
+    whole = train(config, out_dir=tmp_path / "whole", log=quiet, progress=False)
+    assert texts["train"] and not any("The grass is green" in t for t in texts["train"])
+    assert all("The pass key is" in t for t in texts["train"])
+    assert texts["held-out"] and all("The grass is green" in t for t in texts["held-out"])
+    excerpt = " ".join(p.read_text(encoding="utf-8") for p in sorted((EXCERPT / "train").rglob("*.txt")))
+    words = texts["train"][0].split("The pass key is")[0].split()[-6:-1]
+    assert " ".join(words) in " ".join(excerpt.split()), words  # the filler is the corpus's own text
+    train(config, out_dir=tmp_path / "split", max_steps=2, log=quiet, progress=False)
+    resumed = train(config, out_dir=tmp_path / "split", resume=True, log=quiet, progress=False)
+    a, b = weights(whole), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # "eager": dynamo's tracing of the trainer's calls, in seconds (the graphs themselves are checked

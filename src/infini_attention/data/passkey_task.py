@@ -26,13 +26,19 @@ is the step count; the evaluation's trials use other seeds, so no evaluation pro
   until a segment boundary falls inside the answer (after 1 to len(answer) - 1 of its tokens). The
   tokens after the boundary are then predicted with the question and the answer's start only in
   the memory: a 5-digit answer crosses a boundary in about 5% of rows otherwise, and at lengths
-  like 256K and 1M the evaluation's prompts end just before one (docs/passkey.md).
+  like 256K and 1M the evaluation's prompts end just before one (docs/passkey.md);
+- with ``book_filler`` > 0, that share of rows has its filler tokens (before and after the key, as
+  many as the repeated sentences had) replaced by one stretch of book text: a training document
+  drawn in proportion to its length, read from a random offset (cycled when a document is shorter
+  than the stretch). The key then has to stand out among prose, which writes many different
+  bindings into the memory instead of the same few (the "books" haystack, docs/passkey.md).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from itertools import pairwise
 
 import numpy as np
@@ -91,6 +97,32 @@ def crossing_prompt(prompt: PasskeyPrompt, before: int, segment_len: int) -> Pas
     return None
 
 
+def book_filler_prompt(prompt: PasskeyPrompt, text: np.ndarray) -> PasskeyPrompt:
+    """``prompt`` (``training_prompt``'s runs) with its filler tokens replaced by ``text``: the first
+    ``x * len(filler)`` tokens before the key, the next ``y * len(filler_after)`` after it, so the
+    length, the key's place and the question's are unchanged. ``text`` must hold enough tokens."""
+    (intro, _), (filler, x), key_run, (filler_after, y), question = prompt.runs
+    before, after = x * len(filler), y * len(filler_after)
+    if len(text) < before + after:
+        raise ValueError(f"book filler needs {before + after} tokens, got {len(text)}")
+    text = np.asarray(text[: before + after], dtype=np.int64)
+    return replace(prompt, runs=((intro, 1), (text[:before], 1), key_run, (text[before:], 1), question))
+
+
+def book_stretch(books, n: int, rng: random.Random) -> np.ndarray:
+    """``n`` tokens of ``books`` (a ``TokenShards`` split, or anything with ``lengths`` and
+    ``doc(i)``): a document drawn in proportion to its length, from a random offset, cycled within
+    the document when it is shorter than ``n`` (rare: a book is 100K+ tokens)."""
+    lengths = np.asarray(books.lengths, dtype=np.int64)
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    at = rng.randrange(int(lengths.sum()))
+    d = int(np.searchsorted(np.cumsum(lengths), at, side="right"))
+    doc = np.asarray(books.doc(d), dtype=np.int64)
+    start = rng.randrange(len(doc))
+    return np.resize(np.roll(doc, -start), n) if len(doc) < n + start else doc[start : start + n]
+
+
 class PasskeySampler:
     """Endless batches of passkey rows ``[batch_size, L]``, L a multiple of ``segment_len`` <= seq_len."""
 
@@ -110,6 +142,8 @@ class PasskeySampler:
         word_keys: float = 0.0,
         repeat_keys: float = 0.0,
         cross_boundary: float = 0.0,
+        book_filler: float = 0.0,
+        books=None,
         log_uniform: bool = False,
         rank: int = 0,
         world_size: int = 1,
@@ -139,6 +173,11 @@ class PasskeySampler:
         if not 0.0 <= cross_boundary <= 1.0:
             raise ValueError(f"cross_boundary must be a share in [0, 1], got {cross_boundary}")
         self.cross_boundary = float(cross_boundary)
+        if not 0.0 <= book_filler <= 1.0:
+            raise ValueError(f"book_filler must be a share in [0, 1], got {book_filler}")
+        if book_filler and (books is None or int(np.sum(books.lengths)) == 0):
+            raise ValueError("book_filler needs the corpus's training split (books), which has no tokens")
+        self.book_filler, self.books = float(book_filler), books
         self.log_uniform = bool(log_uniform)
         self.step = 0
 
@@ -169,6 +208,10 @@ class PasskeySampler:
                 if answer_len > 1:
                     before = rng.randint(1, answer_len - 1)  # answer tokens before the boundary
                     prompt = crossing_prompt(prompt, before, N) or prompt
+            if self.book_filler and rng.random() < self.book_filler:
+                (_, (filler, x), _, (filler_after, y), _) = prompt.runs
+                need = x * len(filler) + y * len(filler_after)
+                prompt = book_filler_prompt(prompt, book_stretch(self.books, need, rng))
             if r % self.world_size == self.rank:
                 rows.append(self._row(prompt, L))
         self.step += 1

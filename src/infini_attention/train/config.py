@@ -90,6 +90,10 @@ class DataConfig:
     passkey_copy_targets: bool = False  # also train on the key's second mention (local copying)
     # share of passkey rows shortened so that a segment boundary falls inside the answer
     passkey_cross_boundary: float = 0.0
+    # share of passkey rows whose filler is book text: a stretch of the corpus's training split at a
+    # random place, in place of the repeated sentences (the evaluation's "books" haystack reads the
+    # held-out split, so no evaluation text is trained on)
+    passkey_book_filler: float = 0.0
     # how each batch's row length is drawn in [passkey_min_len, seq_len]: "uniform", or "log-uniform"
     # (as many batches of 1K-8K as of 64K-512K: short prompts stay in a long stage, cheaply)
     passkey_lengths: str = "uniform"
@@ -120,6 +124,7 @@ class DataConfig:
         _float(s, "passkey_repeat_keys", self.passkey_repeat_keys, hi=1.0)
         _bool(s, "passkey_copy_targets", self.passkey_copy_targets)
         _float(s, "passkey_cross_boundary", self.passkey_cross_boundary, hi=1.0)
+        _float(s, "passkey_book_filler", self.passkey_book_filler, hi=1.0)
         if self.passkey_lengths not in PASSKEY_LENGTHS:
             raise ValueError(
                 f"[data] passkey_lengths must be one of {PASSKEY_LENGTHS}, got {self.passkey_lengths!r}"

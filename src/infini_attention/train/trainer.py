@@ -145,10 +145,12 @@ def _train(
     tokenizer_file = d.tokenizer
     if tokenizer_file is None and init_folder is not None:
         tokenizer_file = str(init_folder / "tokenizer.json")  # fine-tuning keeps the model's tokenizer
-    # the corpus is read for language modelling, and to train a tokenizer when none is given
+    # the corpus is read for language modelling, for book-text passkey filler, and to train a
+    # tokenizer when none is given
+    book_filler = d.task == "passkey" and d.passkey_book_filler > 0
     data = (
         _prepare_in_turn(config, tokenizer_file, dist)
-        if d.task == "lm" or d.lm_every or tokenizer_file is None
+        if d.task == "lm" or d.lm_every or book_filler or tokenizer_file is None
         else None
     )
     tokenizer = data.tokenizer if data is not None else Tokenizer.from_file(tokenizer_file)
@@ -187,6 +189,8 @@ def _train(
             word_keys=d.passkey_word_keys,
             repeat_keys=d.passkey_repeat_keys,
             cross_boundary=d.passkey_cross_boundary,
+            book_filler=d.passkey_book_filler,
+            books=data.train if book_filler else None,
             log_uniform=d.passkey_lengths == "log-uniform",
             rank=dist.rank,
             world_size=dist.world_size,
@@ -250,7 +254,8 @@ def _train(
             n_docs = samplers["sampler"].num_docs
             what = f"{n_docs} documents to summarise ({source_name}) in rows of up to {d.seq_len} tokens{mix}"
         else:
-            what = f"passkey prompts of {samplers['sampler'].min_len}-{d.seq_len} tokens{mix}"
+            books = f", book-text filler in {d.passkey_book_filler:.0%} of rows" if book_filler else ""
+            what = f"passkey prompts of {samplers['sampler'].min_len}-{d.seq_len} tokens{books}{mix}"
     where = f"device {device}"
     if dist.active:
         procs = f"{dist.world_size} process{'es' if dist.world_size > 1 else ''}"
