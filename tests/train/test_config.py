@@ -251,7 +251,13 @@ def test_extends_errors_name_the_problem(tmp_path):
 
 def test_passkey3_stages_extend_the_repeated_keys_chain():
     """The wide chain's stages are the repeated-keys chain's, except for where they start from."""
-    previous = {"stage1": "copy", "stage2": "stage1", "stage3": "stage2"}
+    previous = {
+        "stage1": "copy",
+        "stage2": "stage1",
+        "stage3": "stage2",
+        "stage5": "stage3",
+        "stage6-long": "stage5",
+    }
     for stage, before in previous.items():
         wide = load_config(ROOT / "configs" / f"passkey3-{stage}.toml").to_dict()
         narrow = load_config(ROOT / "configs" / f"passkey2-{stage}.toml").to_dict()
