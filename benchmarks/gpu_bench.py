@@ -59,7 +59,7 @@ from torch import nn
 
 from infini_attention.layers import InfiniAttention
 from issue_model import D_FF, D_MODEL, VOCAB, N, build_model, run_meta
-from op_bench import DEFAULT_ATOL, synchronize, time_once
+from op_bench import DEFAULT_ATOL, interleave, synchronize
 from perf import decode_rounds, proc_status_bytes, reset_peak_rss, stream, summarise_decode, train_efficiency
 
 PARTS = ("layer", "train", "memory", "decode")
@@ -156,18 +156,6 @@ def check_local(layer: InfiniAttention, local: LocalOnly, x: torch.Tensor, autoc
             layer.gate.copy_(saved)
     diff = (ref - got).abs().max().item()
     return {"out_max_abs_diff": diff, "ok": diff <= atol * max(1.0, ref.abs().max().item())}
-
-
-def interleave(jobs: dict, repeats: int, device: torch.device) -> dict[object, list[float]]:
-    """One warm-up each, then ``repeats`` rounds timing each once (ms), the order rotating."""
-    for fn in jobs.values():
-        fn()
-    keys, times = list(jobs), {k: [] for k in jobs}
-    for rep in range(repeats):
-        shift = rep % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            times[key].append(time_once(jobs[key], device))
-    return times
 
 
 def bench_layer(S: Sizes, device, dtype, autocast, seed: int, ctx: dict) -> dict:

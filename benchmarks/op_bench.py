@@ -282,6 +282,20 @@ def time_once(fn: Callable[[], torch.Tensor], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3  # ms
 
 
+def interleave(jobs: dict, repeats: int, device: torch.device | str) -> dict[object, list[float]]:
+    """One untimed warm-up of each job, then ``repeats`` rounds timing each once (ms), the order
+    rotating per round, so that no job always runs first (after a pause) or right after another."""
+    device = torch.device(device)
+    for fn in jobs.values():
+        fn()
+    keys, times = list(jobs), {k: [] for k in jobs}
+    for rep in range(repeats):
+        shift = rep % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            times[key].append(time_once(jobs[key], device))
+    return times
+
+
 def fmt_ms(x: float | None) -> str:
     return "skipped" if x is None else f"{x:,.1f}"
 

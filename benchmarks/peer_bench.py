@@ -30,7 +30,7 @@ float32 rate):
   every ``detach_mems_every_num_segments=2`` segments by default (truncated BPTT), so it is not used.
 
 Each case runs one untimed warm-up, then ``--repeats`` timed runs with the models interleaved
-(ours, peer, ours, peer, ...); the median is reported.
+(each round times every case once, the order rotating from round to round); the median is reported.
 
 The "dense-layer floor" column is a lower bound no implementation of this model size can beat on
 the machine: the forward FLOPs of the dense layers alone (q/k/v/o projections, FFN, logits; no
@@ -52,7 +52,8 @@ import torch
 import torch.nn.functional as F
 
 from issue_model import D_MODEL, HEAD_DIM, HEADS, LAYERS, VOCAB, N, build_model, run_meta
-from op_bench import synchronize, time_once
+from op_bench import interleave
+from perf import mm_gflops
 
 PEER_FF_MULT = 4
 
@@ -138,31 +139,11 @@ def linear_flops_per_token(d_ff: int) -> int:
     return LAYERS * (2 * D_MODEL * 4 * HEADS * HEAD_DIM + 2 * 3 * D_MODEL * d_ff) + 2 * D_MODEL * VOCAB
 
 
-def gemm_gflops(repeats: int = 20, device: str = "cpu") -> float:
-    """This machine's float32 matmul rate at the FFN's shape for one segment (512 x 256 @ 256 x 1368)."""
-    a, b = torch.randn(N, D_MODEL, device=device), torch.randn(D_MODEL, 2 * 684, device=device)
-    for _ in range(3):
-        a @ b
-    synchronize(a.device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(a.device)
-    return 2 * N * D_MODEL * 2 * 684 * repeats / (time.perf_counter() - t0) / 1e9
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]], repeats: int, device: str = "cpu"
+def interleaved_seconds(
+    fns: dict[str, Callable[[], object]], repeats: int, device: str
 ) -> dict[str, list[float]]:
-    """One untimed warm-up of each, then ``repeats`` rounds timing each function once per round."""
-    for fn in fns.values():
-        fn()
-    device = torch.device(device)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(time_once(fn, device) / 1e3)  # seconds
-    return times
+    """``op_bench.interleave``'s timings in seconds (the unit of this benchmark's JSON)."""
+    return {k: [t / 1e3 for t in v] for k, v in interleave(fns, repeats, device).items()}
 
 
 def main() -> None:
@@ -235,7 +216,7 @@ def main() -> None:
     ours.eval()
     peer.eval()
     with torch.no_grad():
-        stream = interleaved(
+        stream = interleaved_seconds(
             {
                 "ours_segments": lambda: ours_stream_segments(ours, stream_ids),
                 "peer_segments": lambda: peer_stream_segments(peer, stream_ids),
@@ -247,7 +228,7 @@ def main() -> None:
     print(f"stream times (s): {json.dumps(stream)}", flush=True)
     ours.train()
     peer.train()
-    train = interleaved(
+    train = interleaved_seconds(
         {
             "ours": lambda: ours_train_step(ours, train_ids, train_labels),
             "peer": lambda: peer_train_step(peer, train_ids, train_labels),
@@ -259,7 +240,8 @@ def main() -> None:
     wall = time.perf_counter() - t_start
     print(f"load average at end: {os.getloadavg()}; timed part took {wall:.0f} s")
 
-    gflops = gemm_gflops(device=args.device)
+    # this machine's float32 matmul rate at the FFN's shape for one segment (512 x 256 @ 256 x 1368)
+    gflops = mm_gflops(N, D_MODEL, 2 * 684, seconds=1.0, device=args.device)
     floor_fwd = linear_flops_per_token(d_ff) / (gflops * 1e9)  # seconds per token, forward
     print(
         f"float32 matmul rate {gflops:.0f} GFLOP/s; dense-layer floor {floor_fwd * 1e6:.1f} us/token forward"
