@@ -5,7 +5,10 @@ Times forward + backward (``sum(out * cotangent)``, gradients into q, k, v and b
 - ``fast``:  :func:`infini_attention.infini_attention` (segments batched, closed-form memory),
 - ``naive``: :func:`infini_attention.infini_attention_naive` (the paper, one segment at a time),
 - ``full``:  ``F.scaled_dot_product_attention(..., is_causal=True)`` over the whole input, the
-  quadratic baseline the memory is meant to replace (same B, H, Hkv, Dk, Dv; layout [B, H, T, D]).
+  quadratic baseline the memory is meant to replace (same B, H, Hkv, Dk, Dv; layout [B, H, T, D]),
+- ``compiled`` (with ``--compile``): the fast op under ``torch.compile(dynamic=False)``, which
+  fuses its element-wise work (sigma, the gate's mix, the re-layouts around SDPA); compiled
+  once per shape before timing, so the compile time is not in the figures (it is printed).
 
 All three run side by side in one process with the same thread count. Each implementation is
 warmed up once, then every repeat runs all of them back to back (the order rotates from one
@@ -93,6 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: %(default)s); the correctness check still runs its forward pass",
     )
     p.add_argument("--no-full", action="store_true", help="do not time full causal SDPA over the whole input")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the fast op under torch.compile (checked against naive like the fast op; "
+        "needs a C++ compiler on CPU)",
+    )
     p.add_argument(
         "--atol",
         type=float,
@@ -207,8 +216,9 @@ class Case:
         self.q, self.k, self.v = randn(B, T, H, Dk), randn(B, T, Hkv, Dk), randn(B, T, Hkv, Dv)
         self.beta = randn(H)
         self.cot = randn(B, T, H, Dv).detach()
-        self.times: dict[str, list[float]] = {"fast": [], "naive": []}
+        self.times: dict[str, list[float]] = {"fast": [], "naive": [], "compiled": []}
         self.check_result: dict = {}
+        self.compiled_check: dict = {}
 
     def _infini(self, op: Callable) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
@@ -226,15 +236,19 @@ class Case:
     def naive(self) -> torch.Tensor:
         return self._infini(infini_attention_naive)()
 
+    def compiled(self) -> torch.Tensor:
+        return self._infini(compiled_op())()
+
     def grads(self) -> list[torch.Tensor]:
         return [t.grad.detach().clone() for t in (self.q, self.k, self.v, self.beta)]
 
-    def check(self, atol: float, run_naive_backward: bool) -> dict:
-        """Fast vs naive: max |diff| of outputs (and of gradients when the naive backward runs).
+    def check(self, atol: float, run_naive_backward: bool, impl: str = "fast") -> dict:
+        """``impl`` (fast or compiled) vs naive: max |diff| of outputs (and of gradients when the
+        naive backward runs).
 
         A tensor passes when ``max|fast - naive| <= atol * max(1, max|naive|)``, so large
         gradient sums (beta's gathers B*T*Dv terms) are judged relative to their size."""
-        out_fast = self.fast().detach()
+        out_fast = getattr(self, impl)().detach()
         g_fast = self.grads()
         if run_naive_backward:
             out_naive = self.naive().detach()
@@ -253,6 +267,16 @@ class Case:
             for d, (_, b) in zip([*diffs, out_diff], pairs, strict=True)
         )
         return {"out_max_abs_diff": out_diff, "grad_max_abs_diff": grad_diff, "ok": ok}
+
+
+_COMPILED: list[Callable] = []
+
+
+def compiled_op() -> Callable:
+    """``torch.compile(infini_attention)``, made once (each new shape compiles anew inside it)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(infini_attention, dynamic=False))
+    return _COMPILED[0]
 
 
 def busy_cpu_seconds() -> float | None:
@@ -321,6 +345,20 @@ def bench_T(args: argparse.Namespace, T: int, device: torch.device, atol: float)
         )
         if not chk["ok"]:
             raise SystemExit(f"fast op disagrees with naive beyond atol={atol}; refusing to time it")
+        if args.compile:
+            t0 = time.perf_counter()
+            c.compiled()  # compiles for this shape, forward and backward
+            seconds = time.perf_counter() - t0
+            chk = c.compiled_check = c.check(atol, run_naive_backward=time_naive, impl="compiled")
+            grad = "fwd only" if chk["grad_max_abs_diff"] is None else f"{chk['grad_max_abs_diff']:.2e}"
+            print(
+                f"check T={T} N={c.N} {c.update} W={c.overlap} compiled ({seconds:.0f} s to compile): "
+                f"max|compiled-naive| out {chk['out_max_abs_diff']:.2e}, "
+                f"grads {grad} -> {'ok' if chk['ok'] else 'FAIL'}",
+                flush=True,
+            )
+            if not chk["ok"]:
+                raise SystemExit(f"compiled op disagrees with naive beyond atol={atol}; refusing to time it")
 
     # the runs of one repeat, in a fixed order that rotates between repeats
     jobs: list[tuple[Callable[[], torch.Tensor], list[float]]] = []
@@ -328,6 +366,8 @@ def bench_T(args: argparse.Namespace, T: int, device: torch.device, atol: float)
         jobs.append((c.fast, c.times["fast"]))
         if time_naive:
             jobs.append((c.naive, c.times["naive"]))
+        if args.compile:
+            jobs.append((c.compiled, c.times["compiled"]))
     full_times: list[float] = []
     if not args.no_full:
         full = FullAttention(args, T, device)
@@ -357,9 +397,11 @@ def bench_T(args: argparse.Namespace, T: int, device: torch.device, atol: float)
                 "overlap": c.overlap,
                 "fast_ms": statistics.median(c.times["fast"]),
                 "naive_ms": statistics.median(c.times["naive"]) if c.times["naive"] else None,
+                "compiled_ms": statistics.median(c.times["compiled"]) if c.times["compiled"] else None,
                 "full_ms": full_ms,
                 "check": c.check_result,
-                "times_ms": {"fast": c.times["fast"], "naive": c.times["naive"], "full": full_times},
+                "compiled_check": c.compiled_check,
+                "times_ms": {**c.times, "full": full_times},
                 "others_cpu_s_per_repeat": others,
             }
         )
@@ -367,17 +409,23 @@ def bench_T(args: argparse.Namespace, T: int, device: torch.device, atol: float)
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| T | N | update | W | fast ms | naive ms | full-SDPA ms | speedup vs naive | speedup vs full |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    compiled = any(r.get("compiled_ms") is not None for r in rows)
+    head = "| T | N | update | W | fast ms | naive ms | full-SDPA ms | speedup vs naive | speedup vs full |"
+    rule = "|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+    if compiled:
+        head += " compiled ms | compiled vs full |"
+        rule += "---:|---:|"
+    lines = [head, rule]
     for r in rows:
-        lines.append(
+        line = (
             f"| {r['T']} | {r['N']} | {r['update']} | {r.get('overlap', 0)} | {fmt_ms(r['fast_ms'])} "
             f"| {fmt_ms(r['naive_ms'])} "
             f"| {fmt_ms(r['full_ms'])} | {fmt_speedup(r['naive_ms'], r['fast_ms'])} "
             f"| {fmt_speedup(r['full_ms'], r['fast_ms'])} |"
         )
+        if compiled:
+            line += f" {fmt_ms(r.get('compiled_ms'))} | {fmt_speedup(r['full_ms'], r.get('compiled_ms'))} |"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -29,6 +29,12 @@ float32 rate):
   (``detach_memories=False`` is its default); its ``InfiniTransformerWrapper`` would detach them
   every ``detach_mems_every_num_segments=2`` segments by default (truncated BPTT), so it is not used.
 
+With ``--compile`` a copy of ours with the same weights runs the same cases through
+``InfiniTransformer.compile_segments()`` (``torch.compile`` of one segment's body, what
+``[train] compile = true`` uses): ``forward(..., checkpoint_segments=True)``, so its training step
+also recomputes each segment in the backward pass (more work than the eager step, fewer
+element-wise passes). Compilation happens before timing and is printed.
+
 Each case runs one untimed warm-up, then ``--repeats`` timed runs with the models interleaved
 (each round times every case once, the order rotating from round to round); the median is reported.
 
@@ -41,6 +47,7 @@ in the same run. "peer / floor" is therefore the largest speed-up over the peer 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -106,6 +113,23 @@ def ours_stream_one_call(model, ids: torch.Tensor) -> torch.Tensor:
     return model(ids).logits
 
 
+def ours_compiled_stream_segments(model, ids: torch.Tensor) -> torch.Tensor:
+    """As ``ours_stream_segments``, through the compiled segment body (checkpointing is a no-op
+    without gradients)."""
+    state = None
+    for a in range(0, ids.shape[1], N):
+        out = model(ids[:, a : a + N], state, checkpoint_segments=True)
+        state = out.state
+    return out.logits
+
+
+def ours_compiled_train_step(model, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    loss = model(ids, labels=labels, checkpoint_segments=True).loss  # full BPTT, compiled segments
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def peer_stream_segments(model, ids: torch.Tensor) -> torch.Tensor:
     memories = None
     for a in range(0, ids.shape[1], N):
@@ -156,6 +180,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--json", type=Path, help="write raw timings and settings here")
     p.add_argument("--markdown", type=Path, help="write the table here")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time ours with torch.compile'd segments (compile_segments; needs a C++ compiler on CPU)",
+    )
     args = p.parse_args()
     for name in ("stream_tokens", "train_tokens"):
         if getattr(args, name) % N:
@@ -169,6 +198,7 @@ def main() -> None:
     peer_version = version("infini-transformer-pytorch")
     ours, peer, d_ff = build_models(args.seed)
     ours, peer = ours.to(args.device), peer.to(args.device)
+    compiled = copy.deepcopy(ours).compile_segments() if args.compile else None
     is_emb = lambda n: "emb" in n or "to_logits" in n or "lm_head" in n  # noqa: E731
     params = {
         "ours": {"total": count(ours), "non_embedding": count(ours, lambda n: not is_emb(n))},
@@ -207,35 +237,50 @@ def main() -> None:
     sanity["ours_train_loss"] = ours_train_step(ours, train_ids, train_labels)
     sanity["peer_train_loss"] = peer_train_step(peer, train_ids, train_labels, check=True)
     sanity["peer_memories_attached_across_segments"] = True  # the assert above passed
+    if compiled is not None:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            compiled.eval()
+            d = ours_compiled_stream_segments(compiled, stream_ids[:, : 4 * N])
+        compiled.train()
+        sanity["compiled_train_loss"] = ours_compiled_train_step(compiled, train_ids, train_labels)
+        sanity["compile_s"] = time.perf_counter() - t0
+        sanity["compiled_vs_eager_stream_max_abs_diff"] = (a - d).abs().max().item()
+        sanity["compiled_vs_eager_train_loss_diff"] = abs(
+            sanity["compiled_train_loss"] - sanity["ours_train_loss"]
+        )
+        if not (
+            sanity["compiled_vs_eager_stream_max_abs_diff"] < 1e-3
+            and sanity["compiled_vs_eager_train_loss_diff"] < 1e-4
+        ):
+            raise SystemExit(f"compiled model disagrees with eager: {sanity}")
     print(f"sanity: {json.dumps(sanity)}", flush=True)
     for k in ("ours_train_loss", "peer_train_loss"):
         if not torch.isfinite(torch.tensor(sanity[k])):
             raise SystemExit(f"{k} is not finite: {sanity[k]}")
 
     t_start = time.perf_counter()
-    ours.eval()
-    peer.eval()
+    models = [ours, peer] + ([compiled] if compiled is not None else [])
+    stream_cases = {
+        "ours_segments": lambda: ours_stream_segments(ours, stream_ids),
+        "peer_segments": lambda: peer_stream_segments(peer, stream_ids),
+        "ours_one_call": lambda: ours_stream_one_call(ours, stream_ids),
+    }
+    train_cases = {
+        "ours": lambda: ours_train_step(ours, train_ids, train_labels),
+        "peer": lambda: peer_train_step(peer, train_ids, train_labels),
+    }
+    if compiled is not None:
+        stream_cases["ours_compiled_segments"] = lambda: ours_compiled_stream_segments(compiled, stream_ids)
+        train_cases["ours_compiled"] = lambda: ours_compiled_train_step(compiled, train_ids, train_labels)
+    for m in models:
+        m.eval()
     with torch.no_grad():
-        stream = interleaved_seconds(
-            {
-                "ours_segments": lambda: ours_stream_segments(ours, stream_ids),
-                "peer_segments": lambda: peer_stream_segments(peer, stream_ids),
-                "ours_one_call": lambda: ours_stream_one_call(ours, stream_ids),
-            },
-            args.repeats,
-            args.device,
-        )
+        stream = interleaved_seconds(stream_cases, args.repeats, args.device)
     print(f"stream times (s): {json.dumps(stream)}", flush=True)
-    ours.train()
-    peer.train()
-    train = interleaved_seconds(
-        {
-            "ours": lambda: ours_train_step(ours, train_ids, train_labels),
-            "peer": lambda: peer_train_step(peer, train_ids, train_labels),
-        },
-        args.repeats,
-        args.device,
-    )
+    for m in models:
+        m.train()
+    train = interleaved_seconds(train_cases, args.repeats, args.device)
     print(f"train times (s): {json.dumps(train)}", flush=True)
     wall = time.perf_counter() - t_start
     print(f"load average at end: {os.getloadavg()}; timed part took {wall:.0f} s")
@@ -266,6 +311,23 @@ def main() -> None:
         ),
         ("training step (forward + backward, full BPTT)", TT, tmed["ours"], tmed["peer"], 3),
     ]
+    if compiled is not None:
+        rows += [
+            (
+                "streaming forward, ours compiled, one call per segment",
+                T,
+                med["ours_compiled_segments"],
+                med["peer_segments"],
+                1,
+            ),
+            (
+                "training step, ours compiled (checkpointed segments)",
+                TT,
+                tmed["ours_compiled"],
+                tmed["peer"],
+                3,
+            ),
+        ]
     lines = [
         "| case | tokens | ours s | peer s | ours tok/s | peer tok/s | speed-up (ours / peer) "
         "| dense-layer floor s | peer / floor |",
@@ -285,6 +347,9 @@ def main() -> None:
         "streaming_>=3x (ours one call)": med["peer_segments"] / med["ours_one_call"] >= 3,
         "training_>=2x": tmed["peer"] / tmed["ours"] >= 2,
     }
+    if compiled is not None:
+        targets["streaming_>=3x (ours compiled)"] = med["peer_segments"] / med["ours_compiled_segments"] >= 3
+        targets["training_>=2x (ours compiled)"] = tmed["peer"] / tmed["ours_compiled"] >= 2
     print(f"\ntargets met: {json.dumps(targets)}")
 
     meta = {
