@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .ops import infini_attention, infini_attention_naive
+from .ops.checks import UPDATE_RULES
 
 # (B, T, H, Hkv, Dk, Dv, N, W): ragged tails, T < N, GQA groups of 1, 2 and 3, Dk != Dv; W the
 # local-overlap option (0: the paper)
@@ -29,9 +30,9 @@ def run_selfcheck(device: str, seed: int) -> bool:
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
     gen = torch.Generator().manual_seed(seed)
     ok = True
-    print(f"{'case':<32} {'update':<7} {'output':>9} {'state':>9} {'grads':>9} {'split':>9}")
+    print(f"{'case':<32} {'update':<8} {'output':>9} {'state':>9} {'grads':>9} {'split':>9}")
     for B, T, H, Hkv, Dk, Dv, N, W in CASES:
-        for update in ("linear", "delta"):
+        for update in UPDATE_RULES:
             shapes = [(B, T, H, Dk), (B, T, Hkv, Dk), (B, T, Hkv, Dv), (H,)]
             inputs = [torch.randn(s, generator=gen, dtype=torch.float64).to(dev) for s in shapes]
             errs = []
@@ -61,6 +62,6 @@ def run_selfcheck(device: str, seed: int) -> bool:
             ok &= passed
             name = f"B{B}-T{T}-H{H}-Hkv{Hkv}-Dk{Dk}-Dv{Dv}-N{N}" + (f"-W{W}" if W else "")
             cells = " ".join(f"{e:9.1e}" for e in errs)
-            print(f"{name:<32} {update:<7} {cells}  {'ok' if passed else 'FAIL'}")
+            print(f"{name:<32} {update:<8} {cells}  {'ok' if passed else 'FAIL'}")
     print("all checks passed" if ok else "SOME CHECKS FAILED")
     return ok

@@ -87,7 +87,7 @@ CASES_F32 = [
     Case(2, 20, 4, 2, 5, 3, 8, T0=11, overlap=3, local=True),
 ]
 
-UPDATES = ["linear", "delta"]
+UPDATES = ["linear", "delta", "deltanet"]
 
 
 def _params(cases):
@@ -228,7 +228,7 @@ def _gradcheck_inputs(overlap: int, make_inputs, leaf_state):
 @pytest.mark.parametrize("overlap", [0, 2])
 @pytest.mark.parametrize(
     "op_name,update",
-    [("fast", "linear"), ("fast", "delta"), ("naive", "linear"), ("naive", "delta")],
+    [(op, rule) for op in ("fast", "naive") for rule in ("linear", "delta", "deltanet")],
 )
 def test_gradcheck(op_name, update, overlap, make_inputs, leaf_state):
     op = {"fast": infini_attention, "naive": infini_attention_naive}[op_name]

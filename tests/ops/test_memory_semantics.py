@@ -101,7 +101,7 @@ def test_z_is_the_sum_of_key_features(op, update, make_inputs, assert_close):
     assert st.buffered == 3
 
 
-@pytest.mark.parametrize("update", ["linear", "delta"])
+@pytest.mark.parametrize("update", ["linear", "delta", "deltanet"])
 def test_first_segment_retrieves_zeros(op, update, make_inputs):
     N = 6
     x = make_inputs(2, 2 * N, 4, 2, 3, 5, seed=12)
@@ -196,3 +196,53 @@ def test_gqa_order_from_written_segment(op, H, Hkv, make_inputs, assert_close):
     M = torch.einsum("bthd,bthe->bhde", sk, v[:, :N])
     z = sk.sum(dim=1)
     _check_gqa(o[:, N:], x["q"][:, N:], M, z, H, Hkv, assert_close)
+
+
+# --- deltanet (not in the paper): unit features, token-by-token delta rule, no z -------------
+
+
+def test_deltanet_one_hot_keys_store_exactly(op, assert_close):
+    # one-hot features are already unit length, so unit_sigma(e_i) = e_i; with no normaliser the
+    # read is e_i^T M = V[i] exactly (no eps), and z is never written
+    N, Dv = 4, 3
+    queries = [2, 0, 3]
+    q, k, v, beta, V = _write_then_read_stream(N, Dv, repeats=1, queries=queries)
+    o, st = op(q, k, v, beta, segment_len=N, update="deltanet", eps=EPS)
+    assert_close("M", V, st.M[0, 0], 1e-12, 1e-12)
+    assert torch.equal(st.z, torch.zeros_like(st.z))
+    assert_close("retrieved", V[queries], o[0, N:, 0], 1e-12, 1e-12)
+
+
+def test_deltanet_writing_the_same_segment_twice_changes_nothing(op, assert_close):
+    N, Dv = 4, 5
+    q, k, v, beta, V = _write_then_read_stream(N, Dv, repeats=2, queries=[1, 3])
+    _, st = op(q, k, v, beta, segment_len=N, update="deltanet", eps=EPS)
+    assert_close("M (unchanged by the repeat)", V, st.M[0, 0], 1e-12, 1e-12)
+
+
+def test_deltanet_later_token_overwrites_earlier_in_the_same_segment(op, assert_close):
+    # key e_0 gets value a, then (same segment) value b: written token by token, the second
+    # write replaces the first (M[0] = b); the paper's segment-level delta rule would add them
+    N, Dk = 3, 3
+    a, b, c = (torch.tensor(x, dtype=F64) for x in ([1.0, 2.0], [-3.0, 0.5], [4.0, 4.0]))
+    k = one_hot_keys([0, 0, 1], Dk)[None, :, None]
+    v = torch.stack([a, b, c])[None, :, None]
+    q = torch.zeros(1, N, 1, Dk, dtype=F64)
+    beta = torch.full((1,), BIG, dtype=F64)
+    _, st = op(q, k, v, beta, segment_len=N, update="deltanet")
+    expected = torch.stack([b, c, torch.zeros(2, dtype=F64)])
+    assert_close("M", expected, st.M[0, 0], 1e-12, 1e-12)
+    _, st_delta = op(q, k, v, beta, segment_len=N, update="delta")
+    assert (st_delta.M[0, 0, 0] - b).abs().max() > 0.5  # the paper's rule does not overwrite
+
+
+def test_deltanet_zero_features_write_nothing(op, make_inputs, assert_close):
+    # the layer masks padding keys to -1e4: sigma = 0, and unit_sigma keeps a zero vector zero
+    N = 4
+    x = make_inputs(1, 2 * N, 2, 1, 3, 2, seed=13)
+    _, st = op(x["q"][:, :N], x["k"][:, :N], x["v"][:, :N], x["beta"], segment_len=N, update="deltanet")
+    pad_k = torch.full_like(x["k"][:, N:], -1e4)
+    _, st2 = op(
+        x["q"][:, N:], pad_k, x["v"][:, N:], x["beta"], segment_len=N, update="deltanet", initial_state=st
+    )
+    assert_close("M after a padding segment", st.M, st2.M, 0, 0)

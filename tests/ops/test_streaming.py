@@ -10,7 +10,7 @@ from infini_attention.ops import InfiniState, infini_attention
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 STATE_FIELDS = ("M", "z", "k_mem", "k_local", "v")
-UPDATES = ["linear", "delta"]
+UPDATES = ["linear", "delta", "deltanet"]
 
 
 def _call(op, x, sl, update, N, state=None):

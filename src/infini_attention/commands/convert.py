@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..ops.checks import UPDATE_RULES
 from .train import _positive_int
 
 
@@ -33,7 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="tokens per segment (default: 2048)",
     )
-    p.add_argument("--update", choices=("delta", "linear"), default="delta", help="memory write rule")
+    p.add_argument(
+        "--update",
+        choices=UPDATE_RULES,
+        default="delta",
+        help="memory write rule (deltanet: not in the paper, ops/README.md)",
+    )
     p.add_argument(
         "--gate-init",
         type=float,

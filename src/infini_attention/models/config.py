@@ -29,7 +29,7 @@ class ModelConfig:
     head_dim: int | None = None  # None: d_model // n_heads
     d_ff: int | None = None  # None: about 8/3 d_model, rounded up to a multiple of 64
     segment_len: int = 2048  # N: tokens per segment (the paper uses 2048 throughout)
-    update: str = "delta"  # memory write: "linear" (eq. 8) or "delta" (eq. 9)
+    update: str = "delta"  # memory write: "linear" (eq. 8), "delta" (eq. 9), "deltanet" (not in the paper)
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # converted checkpoints' RoPE rescaling (layers/rope.py)
     norm_eps: float = 1e-5

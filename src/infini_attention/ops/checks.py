@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .state import InfiniState, memory_dtype
 
-UPDATE_RULES = ("linear", "delta")
+UPDATE_RULES = ("linear", "delta", "deltanet")  # deltanet: not in the paper (ops/README.md)
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:

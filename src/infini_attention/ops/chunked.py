@@ -9,7 +9,9 @@ Same contract and results as the reference in ``naive.py``. Where the work goes:
   U_s = sigma(K_s)^T V_s and G_s = sigma(K_s)^T diag(1/(sigma(K_s) z_{s-1} + eps)) sigma(K_s)
   both computed for every segment at once (z_s is a prefix sum); the scan over segments
   carries only the Dk x Dv matrix and costs one small matmul per segment;
-- retrieval: one batched matmul against [M | z], giving numerator and denominator together.
+- retrieval: one batched matmul against [M | z], giving numerator and denominator together;
+- ``deltanet`` (not in the paper): the token-by-token delta rule is affine in M over a segment
+  too; its U_s and G_s come from one batched unit-triangular solve per segment (ops/README.md).
 
 Shape legend: B batch, T tokens, H query heads, Hkv key/value heads, G = H / Hkv query heads
 per key/value head, Dk key dim, Dv value dim, N segment length, S complete segments.
@@ -25,7 +27,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .checks import check_inputs
-from .naive import sigma
+from .naive import sigma, unit_sigma
 from .state import InfiniState
 
 
@@ -52,7 +54,8 @@ def infini_attention(
         v: ``[B, T, Hkv, Dv]`` values, shared by both paths.
         beta: ``[H]`` gate logits; memory weight is ``sigmoid(beta)`` per query head.
         segment_len: N, tokens per segment.
-        update: ``"linear"`` (eq. 8) or ``"delta"`` (eq. 9) memory write.
+        update: ``"linear"`` (eq. 8) or ``"delta"`` (eq. 9) memory write; ``"deltanet"`` (not
+            in the paper): unit-length features, the delta rule token by token, no normaliser z.
         q_local, k_local: position-encoded copies for the local softmax path (default q, k).
         initial_state: state returned by an earlier call; continues that stream.
         eps: added to the retrieval denominator (the first segment retrieves zeros).
@@ -93,7 +96,7 @@ def infini_attention(
         a_dot = _local_attention(
             q_local[:, None, :n0], k_loc_seg[:, None], v_seg[:, None], causal, tail.per_segment()
         )
-        a_mem = _retrieve(q[:, None, :n0], M[:, None], z[:, None], eps)
+        a_mem = _retrieve(q[:, None, :n0], M[:, None], z[:, None], update, eps)
         outs.append(_mix(gate, a_mem[:, 0], a_dot[:, 0]))
         if t0 + n0 < N:  # still open: nothing is written yet
             return outs[0], InfiniState(M, z, k_mem_seg, k_loc_seg, v_seg, k_next_seg, *tail)
@@ -119,7 +122,7 @@ def infini_attention(
             ends = slice(N - W, N)
             tails = tail.padded(W).stacked_with(segments(k_next)[:, :-1, ends], segments(v)[:, :-1, ends])
         a_dot = _local_attention(segments(q_local), segments(k_local), segments(v), None, tails)
-        a_mem = _retrieve(segments(q), M_all[:, :S], z_all[:, :S], eps)
+        a_mem = _retrieve(segments(q), M_all[:, :S], z_all[:, :S], update, eps)
         outs.append(_mix(gate, a_mem, a_dot).flatten(1, 2))
         M, z = M_all[:, S], z_all[:, S]
         if W:
@@ -129,7 +132,7 @@ def infini_attention(
         a_dot = _local_attention(
             q_local[:, None, rest], k_local[:, None, rest], v[:, None, rest], None, tail.per_segment()
         )
-        a_mem = _retrieve(q[:, None, rest], M[:, None], z[:, None], eps)
+        a_mem = _retrieve(q[:, None, rest], M[:, None], z[:, None], update, eps)
         outs.append(_mix(gate, a_mem[:, 0], a_dot[:, 0]))
     # buffers are copies so they do not keep the whole input alive
     new_state = InfiniState(
@@ -231,17 +234,19 @@ def _local_attention(
     return o.transpose(1, 2).unflatten(0, (B, S))
 
 
-def _retrieve(q: Tensor, M: Tensor, z: Tensor, eps: float) -> Tensor:
+def _retrieve(q: Tensor, M: Tensor, z: Tensor, update: str, eps: float) -> Tensor:
     """eq (7) for every segment: q ``[B, S, n, H, Dk]`` reads M ``[B, S, Hkv, Dk, Dv]``
-    and z ``[B, S, Hkv, Dk]`` -> ``[B, S, n, H, Dv]`` in the memory dtype."""
+    and z ``[B, S, Hkv, Dk]`` -> ``[B, S, n, H, Dv]`` in the memory dtype.
+    ``deltanet`` reads unit_sigma(q) M, without z."""
     B, S, n, H, Dk = q.shape
     Hkv, Dv = M.shape[2], M.shape[4]
-    Mz = torch.cat([M, z.unsqueeze(-1)], dim=-1)  # [B, S, Hkv, Dk, Dv+1]
-    sq = sigma(q.to(M.dtype))
+    deltanet = update == "deltanet"
+    Mz = M if deltanet else torch.cat([M, z.unsqueeze(-1)], dim=-1)  # [B, S, Hkv, Dk, Dv(+1)]
+    sq = (unit_sigma if deltanet else sigma)(q.to(M.dtype))
     # query head h = j * G + g reads key/value head j (repeat_interleave order)
     sq = sq.unflatten(3, (Hkv, H // Hkv)).permute(0, 1, 3, 2, 4, 5)  # [B, S, Hkv, n, G, Dk]
-    read = sq.flatten(3, 4) @ Mz  # [B, S, Hkv, n*G, Dv+1]
-    a = read[..., :Dv] / (read[..., Dv:] + eps)
+    read = sq.flatten(3, 4) @ Mz  # [B, S, Hkv, n*G, Dv(+1)]
+    a = read if deltanet else read[..., :Dv] / (read[..., Dv:] + eps)
     return a.unflatten(3, (n, H // Hkv)).permute(0, 1, 3, 2, 4, 5).flatten(3, 4)  # [B, S, n, H, Dv]
 
 
@@ -251,20 +256,41 @@ def _write(M: Tensor, z: Tensor, k: Tensor, v: Tensor, update: str, eps: float) 
     Returns memory before each segment and after the last: ``[B, S+1, Hkv, Dk, Dv]`` and
     ``[B, S+1, Hkv, Dk]`` (index 0 is the input M, z).
     """
-    sk = sigma(k.to(M.dtype)).permute(0, 1, 3, 2, 4)  # [B, S, Hkv, N, Dk]
     vv = v.to(M.dtype).permute(0, 1, 3, 2, 4)  # [B, S, Hkv, N, Dv]
-    z_all = _prefix_sum(z, sk.sum(dim=3))  # eq (8): [B, S+1, Hkv, Dk]
-    U = sk.transpose(-1, -2) @ vv  # sigma(K)^T V: [B, S, Hkv, Dk, Dv]
-    if update == "linear":
-        return _prefix_sum(M, U), z_all  # eq (8)
-
-    # eq (9): M_s = M_{s-1} + U_s - sigma(K)^T diag(1 / (sigma(K) z_{s-1} + eps)) sigma(K) M_{s-1}
-    inv_den = 1.0 / ((sk @ z_all[:, :-1].unsqueeze(-1)) + eps)  # [B, S, Hkv, N, 1]
-    Gm = sk.transpose(-1, -2) @ (sk * inv_den)  # [B, S, Hkv, Dk, Dk]
+    if update == "deltanet":
+        U, Gm = _deltanet_affine(unit_sigma(k.to(M.dtype)).permute(0, 1, 3, 2, 4), vv)
+        z_all = z.unsqueeze(1).expand(-1, U.shape[1] + 1, -1, -1)  # z is not used: unchanged
+    else:
+        sk = sigma(k.to(M.dtype)).permute(0, 1, 3, 2, 4)  # [B, S, Hkv, N, Dk]
+        z_all = _prefix_sum(z, sk.sum(dim=3))  # eq (8): [B, S+1, Hkv, Dk]
+        U = sk.transpose(-1, -2) @ vv  # sigma(K)^T V: [B, S, Hkv, Dk, Dv]
+        if update == "linear":
+            return _prefix_sum(M, U), z_all  # eq (8)
+        # eq (9): M_s = M_{s-1} + U_s - sigma(K)^T diag(1 / (sigma(K) z_{s-1} + eps)) sigma(K) M_{s-1}
+        inv_den = 1.0 / ((sk @ z_all[:, :-1].unsqueeze(-1)) + eps)  # [B, S, Hkv, N, 1]
+        Gm = sk.transpose(-1, -2) @ (sk * inv_den)  # [B, S, Hkv, Dk, Dk]
     Ms = [M]
     for s in range(U.shape[1]):  # carries only the [B, Hkv, Dk, Dv] memory
         Ms.append(Ms[-1] + U[:, s] - Gm[:, s] @ Ms[-1])
     return torch.stack(Ms, dim=1), z_all
+
+
+def _deltanet_affine(uk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """One segment of token-by-token delta writes as ``M -> M + U - G M``.
+
+    uk ``[..., N, Dk]`` unit keys, v ``[..., N, Dv]`` -> U ``[..., Dk, Dv]``, G ``[..., Dk, Dk]``.
+    Token t writes e_t = v_t - k_t M_{t-1} (k_t a row), so M_N = M_0 + K^T E, and
+    e_t = v_t - k_t M_0 - sum_{i<t} (k_t . k_i) e_i, i.e. (I + L) E = V - K M_0 with L the strictly
+    lower triangle of K K^T. Hence U = K^T (I + L)^{-1} V and G = K^T (I + L)^{-1} K: one
+    unit-triangular solve with Dv + Dk right-hand sides, every segment at once.
+    """
+    Dv = v.shape[-1]
+    lower = (uk @ uk.transpose(-1, -2)).tril(diagonal=-1)  # L: [..., N, N]
+    eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device)
+    rhs = torch.cat([v, uk], dim=-1)  # [..., N, Dv + Dk]
+    solved = torch.linalg.solve_triangular(lower + eye, rhs, upper=False, unitriangular=True)
+    kt = uk.transpose(-1, -2)  # [..., Dk, N]
+    return kt @ solved[..., :Dv], kt @ solved[..., Dv:]
 
 
 def _prefix_sum(initial: Tensor, increments: Tensor) -> Tensor:

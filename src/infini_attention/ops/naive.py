@@ -25,6 +25,14 @@ def sigma(x: Tensor) -> Tensor:
     return F.elu(x) + 1.0
 
 
+def unit_sigma(x: Tensor) -> Tensor:
+    """The ``deltanet`` rule's feature map (not in the paper): ELU + 1 scaled to unit length.
+
+    A zero feature (the layer's padding keys, sigma(-1e4) = 0) stays zero, so padding writes nothing.
+    """
+    return F.normalize(sigma(x), dim=-1)
+
+
 def infini_attention_naive(
     q: Tensor,
     k: Tensor,
@@ -88,8 +96,11 @@ def infini_attention_naive(
             A_dot = torch.softmax(scores, dim=-1) @ values  # [B, n_q, Dv]
 
             # eq (7): retrieval from the memory of earlier segments only (no position encoding)
-            sq = sigma(q[:, rows, h]).to(mem_dtype)  # [B, n_q, Dk]
-            A_mem = (sq @ M[j]) / ((sq @ z[j].unsqueeze(-1)) + eps)  # [B, n_q, Dv]
+            if update == "deltanet":  # not in the paper: unit features, no normaliser
+                A_mem = unit_sigma(q[:, rows, h].to(mem_dtype)) @ M[j]  # [B, n_q, Dv]
+            else:
+                sq = sigma(q[:, rows, h]).to(mem_dtype)  # [B, n_q, Dk]
+                A_mem = (sq @ M[j]) / ((sq @ z[j].unsqueeze(-1)) + eps)  # [B, n_q, Dv]
 
             # eq (10): learned per-head gate mixes long-term and local context
             g = gate[h].to(q.dtype)
@@ -98,8 +109,16 @@ def infini_attention_naive(
         if seg_end - seg_start < N:
             continue  # an unfinished segment is not written; it stays in the buffers
         for j in range(Hkv):
-            sk = sigma(K_mem[:, seg_start:seg_end, j]).to(mem_dtype)  # [B, N, Dk]
             Vj = V[:, seg_start:seg_end, j].to(mem_dtype)  # [B, N, Dv]
+            if update == "deltanet":
+                # not in the paper: the delta rule token by token (Schlag et al. 2021), unit
+                # keys, write strength 1: after token t, unit_sigma(k_t) M = v_t exactly; z unused
+                uk = unit_sigma(K_mem[:, seg_start:seg_end, j].to(mem_dtype))  # [B, N, Dk]
+                for t in range(N):
+                    kt = uk[:, t : t + 1]  # [B, 1, Dk]
+                    M[j] = M[j] + kt.transpose(1, 2) @ (Vj[:, t : t + 1] - kt @ M[j])
+                continue
+            sk = sigma(K_mem[:, seg_start:seg_end, j]).to(mem_dtype)  # [B, N, Dk]
             if update == "linear":
                 M[j] = M[j] + sk.transpose(1, 2) @ Vj  # eq (8)
             else:
