@@ -95,3 +95,10 @@ def test_empty_memory_reads_nothing(model):
 def test_bad_arguments_name_the_problem(model, spans, positions, match):
     with pytest.raises(ValueError, match=match):
         read_shares(model, torch.arange(3 * N) % 37, spans, positions)
+
+
+def test_deltanet_models_are_refused():
+    # its read phi(q) M has no normaliser, so "the weight a span gets" is not defined
+    config = ModelConfig(vocab_size=37, d_model=16, n_layers=1, n_heads=2, segment_len=N, update="deltanet")
+    with pytest.raises(ValueError, match="deltanet"):
+        read_shares(InfiniTransformer(config), torch.arange(3 * N) % 37, {"a": (0, 4)}, [2 * N])

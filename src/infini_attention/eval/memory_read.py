@@ -36,6 +36,8 @@ class _Projections:
             attn = block.attn
             if not hasattr(attn, "gate"):
                 raise ValueError(f"layer {i} has no compressive memory (not an Infini-attention layer)")
+            if attn.update == "deltanet":  # its read has no normaliser: no weights that sum to 1
+                raise ValueError(f"layer {i} uses the deltanet rule; read shares exist only for eq. 7's read")
             self.handles.append(attn.q_proj.register_forward_hook(self._keep(self.q, i, attn.n_heads)))
             self.handles.append(attn.k_proj.register_forward_hook(self._keep(self.k, i, attn.n_kv_heads)))
 
