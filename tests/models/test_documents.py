@@ -30,7 +30,7 @@ def err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("update", ["linear", "delta"])
+@pytest.mark.parametrize("update", ["linear", "delta", "deltanet"])
 def test_padding_never_enters_the_memory(model, update):
     for block in model.blocks:
         block.attn.update = update

@@ -104,7 +104,7 @@ STATE_FIELDS = [f.name for f in dataclasses.fields(InfiniState)]
 
 
 @pytest.mark.parametrize("W", OVERLAPS)
-@pytest.mark.parametrize("update", ["linear", "delta"])
+@pytest.mark.parametrize("update", ["linear", "delta", "deltanet"])
 def test_fast_model_matches_reference_op_model(update, W):
     model = make_model(update=update, local_overlap=W)
     ids = tokens(2, 29)
@@ -120,7 +120,7 @@ def test_fast_model_matches_reference_op_model(update, W):
 
 
 @pytest.mark.parametrize("W", OVERLAPS)
-@pytest.mark.parametrize("update", ["linear", "delta"])
+@pytest.mark.parametrize("update", ["linear", "delta", "deltanet"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_split_resume_at_random_points(update, seed, W):
     model = make_model(update=update, local_overlap=W)
