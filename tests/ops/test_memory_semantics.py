@@ -199,23 +199,46 @@ def test_gqa_order_from_written_segment(op, H, Hkv, make_inputs, assert_close):
 
 
 # --- deltanet (not in the paper): unit features, token-by-token delta rule, no z -------------
+# Its features are x / |x|, so the raw one-hot vector e_i is its own feature.
+
+
+def _deltanet_stream(N: int, Dv: int, repeats: int, queries: list[int], seed: int = 0):
+    """As _write_then_read_stream, with raw one-hot keys and queries (unit(e_i) = e_i)."""
+    g = torch.Generator().manual_seed(seed)
+    eye = torch.eye(N, dtype=F64)
+    V = torch.randn(N, Dv, generator=g, dtype=F64)
+    k = torch.cat([eye] * repeats + [eye[queries]], dim=0)
+    v = torch.cat([V] * repeats + [torch.randn(len(queries), Dv, generator=g, dtype=F64)], dim=0)
+    q = torch.cat([torch.randn(N * repeats, N, generator=g, dtype=F64), eye[queries]], dim=0)
+    beta = torch.full((1,), BIG, dtype=F64)
+    return q[None, :, None], k[None, :, None], v[None, :, None], beta, V
 
 
 def test_deltanet_one_hot_keys_store_exactly(op, assert_close):
-    # one-hot features are already unit length, so unit_sigma(e_i) = e_i; with no normaliser the
-    # read is e_i^T M = V[i] exactly (no eps), and z is never written
+    # with no normaliser the read is e_i^T M = V[i] exactly (no eps), and z is never written
     N, Dv = 4, 3
     queries = [2, 0, 3]
-    q, k, v, beta, V = _write_then_read_stream(N, Dv, repeats=1, queries=queries)
+    q, k, v, beta, V = _deltanet_stream(N, Dv, repeats=1, queries=queries)
     o, st = op(q, k, v, beta, segment_len=N, update="deltanet", eps=EPS)
     assert_close("M", V, st.M[0, 0], 1e-12, 1e-12)
     assert torch.equal(st.z, torch.zeros_like(st.z))
     assert_close("retrieved", V[queries], o[0, N:, 0], 1e-12, 1e-12)
 
 
+def test_deltanet_features_are_scale_free(op, assert_close):
+    # unit(c x) = unit(x) for c > 0: scaling keys and queries changes nothing
+    N, Dv = 4, 3
+    q, k, v, beta, _ = _deltanet_stream(N, Dv, repeats=1, queries=[1, 2], seed=3)
+    q, k = q + 0.3, k - 0.2  # not one-hot any more, so the check is not trivial
+    o1, st1 = op(q, k, v, beta, segment_len=N, update="deltanet")
+    o2, st2 = op(7.0 * q, 0.1 * k, v, beta, segment_len=N, update="deltanet")
+    assert_close("outputs", o1, o2, 1e-12, 1e-12)
+    assert_close("M", st1.M, st2.M, 1e-12, 1e-12)
+
+
 def test_deltanet_writing_the_same_segment_twice_changes_nothing(op, assert_close):
     N, Dv = 4, 5
-    q, k, v, beta, V = _write_then_read_stream(N, Dv, repeats=2, queries=[1, 3])
+    q, k, v, beta, V = _deltanet_stream(N, Dv, repeats=2, queries=[1, 3])
     _, st = op(q, k, v, beta, segment_len=N, update="deltanet", eps=EPS)
     assert_close("M (unchanged by the repeat)", V, st.M[0, 0], 1e-12, 1e-12)
 
@@ -225,24 +248,25 @@ def test_deltanet_later_token_overwrites_earlier_in_the_same_segment(op, assert_
     # write replaces the first (M[0] = b); the paper's segment-level delta rule would add them
     N, Dk = 3, 3
     a, b, c = (torch.tensor(x, dtype=F64) for x in ([1.0, 2.0], [-3.0, 0.5], [4.0, 4.0]))
-    k = one_hot_keys([0, 0, 1], Dk)[None, :, None]
+    eye = torch.eye(Dk, dtype=F64)
+    k = eye[[0, 0, 1]][None, :, None]
     v = torch.stack([a, b, c])[None, :, None]
     q = torch.zeros(1, N, 1, Dk, dtype=F64)
     beta = torch.full((1,), BIG, dtype=F64)
     _, st = op(q, k, v, beta, segment_len=N, update="deltanet")
     expected = torch.stack([b, c, torch.zeros(2, dtype=F64)])
     assert_close("M", expected, st.M[0, 0], 1e-12, 1e-12)
-    _, st_delta = op(q, k, v, beta, segment_len=N, update="delta")
+    _, st_delta = op(q, one_hot_keys([0, 0, 1], Dk)[None, :, None], v, beta, segment_len=N, update="delta")
     assert (st_delta.M[0, 0, 0] - b).abs().max() > 0.5  # the paper's rule does not overwrite
 
 
-def test_deltanet_zero_features_write_nothing(op, make_inputs, assert_close):
-    # the layer masks padding keys to -1e4: sigma = 0, and unit_sigma keeps a zero vector zero
+def test_deltanet_zero_keys_write_nothing(op, make_inputs, assert_close):
+    # the layer masks this rule's padding keys to 0, and unit() keeps a zero vector zero
     N = 4
     x = make_inputs(1, 2 * N, 2, 1, 3, 2, seed=13)
     _, st = op(x["q"][:, :N], x["k"][:, :N], x["v"][:, :N], x["beta"], segment_len=N, update="deltanet")
-    pad_k = torch.full_like(x["k"][:, N:], -1e4)
+    zero_k = torch.zeros_like(x["k"][:, N:])
     _, st2 = op(
-        x["q"][:, N:], pad_k, x["v"][:, N:], x["beta"], segment_len=N, update="deltanet", initial_state=st
+        x["q"][:, N:], zero_k, x["v"][:, N:], x["beta"], segment_len=N, update="deltanet", initial_state=st
     )
     assert_close("M after a padding segment", st.M, st2.M, 0, 0)

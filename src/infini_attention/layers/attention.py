@@ -70,8 +70,10 @@ class InfiniAttention(nn.Module):
         v = self.v_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim))  # [B, T, Hkv, D]
         k_mem = k
         if pad_mask is not None:
-            # sigma(-1e4) = elu(-1e4) + 1 is exactly 0 in float32: padding adds nothing to M or z
-            k_mem = k.masked_fill(pad_mask[:, :, None, None], _NO_WRITE)
+            # sigma(-1e4) = elu(-1e4) + 1 is exactly 0 in float32: padding adds nothing to M or z;
+            # deltanet's unit features keep a zero key zero (and a zero key writes nothing)
+            fill = 0.0 if self.update == "deltanet" else _NO_WRITE
+            k_mem = k.masked_fill(pad_mask[:, :, None, None], fill)
         t0 = 0 if state is None else state.buffered  # offset inside the open segment
         N, W = self.segment_len, self.overlap
         positions = (t0 + torch.arange(T, device=x.device)) % N + W  # [T]

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .checks import check_inputs
-from .naive import sigma, unit_sigma
+from .naive import sigma, unit
 from .state import InfiniState
 
 
@@ -237,12 +237,12 @@ def _local_attention(
 def _retrieve(q: Tensor, M: Tensor, z: Tensor, update: str, eps: float) -> Tensor:
     """eq (7) for every segment: q ``[B, S, n, H, Dk]`` reads M ``[B, S, Hkv, Dk, Dv]``
     and z ``[B, S, Hkv, Dk]`` -> ``[B, S, n, H, Dv]`` in the memory dtype.
-    ``deltanet`` reads unit_sigma(q) M, without z."""
+    ``deltanet`` reads unit(q) M, without z."""
     B, S, n, H, Dk = q.shape
     Hkv, Dv = M.shape[2], M.shape[4]
     deltanet = update == "deltanet"
     Mz = M if deltanet else torch.cat([M, z.unsqueeze(-1)], dim=-1)  # [B, S, Hkv, Dk, Dv(+1)]
-    sq = (unit_sigma if deltanet else sigma)(q.to(M.dtype))
+    sq = (unit if deltanet else sigma)(q.to(M.dtype))
     # query head h = j * G + g reads key/value head j (repeat_interleave order)
     sq = sq.unflatten(3, (Hkv, H // Hkv)).permute(0, 1, 3, 2, 4, 5)  # [B, S, Hkv, n, G, Dk]
     read = sq.flatten(3, 4) @ Mz  # [B, S, Hkv, n*G, Dv(+1)]
@@ -258,7 +258,7 @@ def _write(M: Tensor, z: Tensor, k: Tensor, v: Tensor, update: str, eps: float) 
     """
     vv = v.to(M.dtype).permute(0, 1, 3, 2, 4)  # [B, S, Hkv, N, Dv]
     if update == "deltanet":
-        U, Gm = _deltanet_affine(unit_sigma(k.to(M.dtype)).permute(0, 1, 3, 2, 4), vv)
+        U, Gm = _deltanet_affine(unit(k.to(M.dtype)).permute(0, 1, 3, 2, 4), vv)
         z_all = z.unsqueeze(1).expand(-1, U.shape[1] + 1, -1, -1)  # z is not used: unchanged
     else:
         sk = sigma(k.to(M.dtype)).permute(0, 1, 3, 2, 4)  # [B, S, Hkv, N, Dk]

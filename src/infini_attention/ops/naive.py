@@ -25,12 +25,15 @@ def sigma(x: Tensor) -> Tensor:
     return F.elu(x) + 1.0
 
 
-def unit_sigma(x: Tensor) -> Tensor:
-    """The ``deltanet`` rule's feature map (not in the paper): ELU + 1 scaled to unit length.
+def unit(x: Tensor) -> Tensor:
+    """The ``deltanet`` rule's feature map (not in the paper): x scaled to unit length, no ELU + 1.
 
-    A zero feature (the layer's padding keys, sigma(-1e4) = 0) stays zero, so padding writes nothing.
+    Signed features spread keys over the whole sphere; ELU + 1's all-positive ones crowd into one
+    orthant, where the rule's writes along near-parallel keys let M grow without bound in the
+    weakly written directions (docs/passkey.md, "A bounded memory"). A zero vector stays zero:
+    the layer's padding keys for this rule, which so write nothing.
     """
-    return F.normalize(sigma(x), dim=-1)
+    return F.normalize(x, dim=-1)
 
 
 def infini_attention_naive(
@@ -97,7 +100,7 @@ def infini_attention_naive(
 
             # eq (7): retrieval from the memory of earlier segments only (no position encoding)
             if update == "deltanet":  # not in the paper: unit features, no normaliser
-                A_mem = unit_sigma(q[:, rows, h].to(mem_dtype)) @ M[j]  # [B, n_q, Dv]
+                A_mem = unit(q[:, rows, h].to(mem_dtype)) @ M[j]  # [B, n_q, Dv]
             else:
                 sq = sigma(q[:, rows, h]).to(mem_dtype)  # [B, n_q, Dk]
                 A_mem = (sq @ M[j]) / ((sq @ z[j].unsqueeze(-1)) + eps)  # [B, n_q, Dv]
@@ -112,8 +115,8 @@ def infini_attention_naive(
             Vj = V[:, seg_start:seg_end, j].to(mem_dtype)  # [B, N, Dv]
             if update == "deltanet":
                 # not in the paper: the delta rule token by token (Schlag et al. 2021), unit
-                # keys, write strength 1: after token t, unit_sigma(k_t) M = v_t exactly; z unused
-                uk = unit_sigma(K_mem[:, seg_start:seg_end, j].to(mem_dtype))  # [B, N, Dk]
+                # keys, write strength 1: after token t, unit(k_t) M = v_t exactly; z unused
+                uk = unit(K_mem[:, seg_start:seg_end, j].to(mem_dtype))  # [B, N, Dk]
                 for t in range(N):
                     kt = uk[:, t : t + 1]  # [B, 1, Dk]
                     M[j] = M[j] + kt.transpose(1, 2) @ (Vj[:, t : t + 1] - kt @ M[j])
