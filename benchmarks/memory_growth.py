@@ -1,53 +1,58 @@
-"""How the memory's numerator M and normaliser z grow along a passkey haystack (docs/passkey.md).
+"""How large the compressive memory grows over one passkey prompt: the largest |M| (Frobenius norm,
+max over heads) of every layer after chosen numbers of written segments.
 
-With the delta rule M stays bounded on a repeated haystack (it only corrects what it cannot yet
-retrieve), while z, updated as in the linear rule (paper eq. 9), sums sigma(K) over every token and
-grows linearly: the memory read sigma(q) M / (sigma(q) z) then shrinks like 1/T unless the
-question's features avoid every dimension the haystack writes.
+    python benchmarks/memory_growth.py --model runs/passkey4-stage1 --length 65536 \
+        --after 8,16,64,128,256,511
 
-    python benchmarks/memory_growth.py --model runs/passkey-8k --lengths 1K,8K,32K,128K,1M
+The prompt is the evaluation's (key at the start band's middle, key 12345), streamed one segment
+per call. The paper's rules grow M like the stream (their reads divide by z, which grows too);
+the deltanet rule (no z) is meant to stay bounded (docs/passkey.md, "A bounded memory").
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
 import torch
 
-from infini_attention.eval.passkey import PasskeyParts, build_prompt, parse_length, prefill
-from infini_attention.pretrained import load_pretrained
+from infini_attention import load_pretrained
+from infini_attention.eval import passkey as P
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="passkey")
-    p.add_argument("--lengths", default="1K,8K,32K,128K,1M")
-    p.add_argument("--json", default=None)
-    args = p.parse_args()
-    model, tok = load_pretrained(args.model)
+    p.add_argument("--model", required=True, help="checkpoint or run folder, or a shipped name")
+    p.add_argument("--length", type=P.parse_length, default=65536, help="prompt length in tokens (e.g. 64K)")
+    p.add_argument("--after", default="8,16,64,128,256,511", help="comma-separated written-segment counts")
+    args = p.parse_args(argv)
+    try:
+        marks = sorted({int(a) for a in args.after.split(",")})
+    except ValueError:
+        print(f"error: --after must be comma-separated integers, got {args.after!r}", file=sys.stderr)
+        return 2
+    model, tokenizer = load_pretrained(args.model)
     model.eval()
-    parts = PasskeyParts.from_tokenizer(tok)
+    N = model.config.segment_len
+    if marks[0] < 1 or marks[-1] * N > args.length:
+        limit = args.length // N
+        print(f"error: --after must lie in 1..{limit} for a {args.length}-token prompt", file=sys.stderr)
+        return 2
+    parts = P.PasskeyParts.from_tokenizer(tokenizer)
+    prompt = P.build_prompt(parts, args.length, "start", "12345", N)
+    state = model.init_state(1)
     rows = []
-    for n in (parse_length(s) for s in args.lengths.split(",")):
-        prompt = build_prompt(parts, n, "start", "12345", model.config.segment_len)
-        state, _, _ = prefill(model, prompt)
-        for i, layer in enumerate(state.layers):
-            rows.append(
-                {
-                    "tokens": len(prompt),
-                    "layer": i,
-                    "M_norm": float(layer.M.norm()),
-                    "z_norm": float(layer.z.norm()),
-                    "finite": bool(torch.isfinite(layer.M).all() and torch.isfinite(layer.z).all()),
-                }
-            )
-            r = rows[-1]
-            print(f"{r['tokens']:>10,} tokens  layer {i}:  |M| {r['M_norm']:10.2f}   |z| {r['z_norm']:12.1f}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=2)
+    with torch.no_grad():
+        for s in range(marks[-1]):
+            ids = torch.from_numpy(prompt.slice(s * N, (s + 1) * N))[None]
+            state = model(ids, state, logits_to_keep=1).state
+            if s + 1 in marks:
+                rows.append((s + 1, [round(float(ls.M.norm(dim=(-2, -1)).max()), 2) for ls in state.layers]))
+    print(f"{args.model} ({args.length}-token prompt, update {model.config.update}): largest |M| per layer")
+    for n, norms in rows:
+        print(f"  after {n:>5} segments: " + "  ".join(f"{x:>10.2f}" for x in norms))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
