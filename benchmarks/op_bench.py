@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -269,14 +270,10 @@ class Case:
         return {"out_max_abs_diff": out_diff, "grad_max_abs_diff": grad_diff, "ok": ok}
 
 
-_COMPILED: list[Callable] = []
-
-
+@functools.cache
 def compiled_op() -> Callable:
     """``torch.compile(infini_attention)``, made once (each new shape compiles anew inside it)."""
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(infini_attention, dynamic=False))
-    return _COMPILED[0]
+    return torch.compile(infini_attention, dynamic=False)
 
 
 def busy_cpu_seconds() -> float | None:
@@ -328,6 +325,21 @@ def fmt_speedup(num: float | None, den: float | None) -> str:
     return "-" if num is None or den is None else f"{num / den:.1f}x"
 
 
+def check_or_refuse(c: Case, impl: str, atol: float, run_naive_backward: bool, label: str) -> dict:
+    """``c.check`` for ``impl`` (fast or compiled), printed; stops the run if it fails."""
+    chk = c.check(atol, run_naive_backward=run_naive_backward, impl=impl)
+    grad = "fwd only" if chk["grad_max_abs_diff"] is None else f"{chk['grad_max_abs_diff']:.2e}"
+    print(
+        f"{label} N={c.N} {c.update} W={c.overlap}: "
+        f"max|{impl}-naive| out {chk['out_max_abs_diff']:.2e}, "
+        f"grads {grad} -> {'ok' if chk['ok'] else 'FAIL'}",
+        flush=True,
+    )
+    if not chk["ok"]:
+        raise SystemExit(f"{impl} op disagrees with naive beyond atol={atol}; refusing to time it")
+    return chk
+
+
 def bench_T(args: argparse.Namespace, T: int, device: torch.device, atol: float) -> list[dict]:
     """All (N, update) cases at one T, timed interleaved together with full attention."""
     time_naive = T <= args.skip_naive_above  # noqa: SIM300 (T is the sequence length)
@@ -335,30 +347,12 @@ def bench_T(args: argparse.Namespace, T: int, device: torch.device, atol: float)
 
     # correctness first (this also warms up fast, and naive when it is timed)
     for c in cases:
-        chk = c.check_result = c.check(atol, run_naive_backward=time_naive)
-        grad = "fwd only" if chk["grad_max_abs_diff"] is None else f"{chk['grad_max_abs_diff']:.2e}"
-        print(
-            f"check T={T} N={c.N} {c.update} W={c.overlap}: "
-            f"max|fast-naive| out {chk['out_max_abs_diff']:.2e}, "
-            f"grads {grad} -> {'ok' if chk['ok'] else 'FAIL'}",
-            flush=True,
-        )
-        if not chk["ok"]:
-            raise SystemExit(f"fast op disagrees with naive beyond atol={atol}; refusing to time it")
+        c.check_result = check_or_refuse(c, "fast", atol, time_naive, f"check T={T}")
         if args.compile:
             t0 = time.perf_counter()
             c.compiled()  # compiles for this shape, forward and backward
-            seconds = time.perf_counter() - t0
-            chk = c.compiled_check = c.check(atol, run_naive_backward=time_naive, impl="compiled")
-            grad = "fwd only" if chk["grad_max_abs_diff"] is None else f"{chk['grad_max_abs_diff']:.2e}"
-            print(
-                f"check T={T} N={c.N} {c.update} W={c.overlap} compiled ({seconds:.0f} s to compile): "
-                f"max|compiled-naive| out {chk['out_max_abs_diff']:.2e}, "
-                f"grads {grad} -> {'ok' if chk['ok'] else 'FAIL'}",
-                flush=True,
-            )
-            if not chk["ok"]:
-                raise SystemExit(f"compiled op disagrees with naive beyond atol={atol}; refusing to time it")
+            label = f"check T={T} compiled ({time.perf_counter() - t0:.0f} s to compile)"
+            c.compiled_check = check_or_refuse(c, "compiled", atol, time_naive, label)
 
     # the runs of one repeat, in a fixed order that rotates between repeats
     jobs: list[tuple[Callable[[], torch.Tensor], list[float]]] = []
