@@ -6,21 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def gpu_bench():
-    # the benchmark scripts import each other as top-level modules (perf, op_bench, issue_model)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCHMARKS))
-        import gpu_bench
-
-        yield gpu_bench
+def gpu_bench(import_benchmark):
+    return import_benchmark("gpu_bench")
 
 
 @pytest.fixture(scope="module")

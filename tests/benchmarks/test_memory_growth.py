@@ -4,20 +4,13 @@ stream (so the printed norms must rise), and bad --after values are refused with
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def memory_growth():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCHMARKS))
-        import memory_growth
-
-        yield memory_growth
+def memory_growth(import_benchmark):
+    return import_benchmark("memory_growth")
 
 
 def test_paper_rule_memory_grows_with_the_stream(memory_growth, single_thread, capsys):

@@ -5,20 +5,13 @@ stop the run, so one test breaks the fast op and expects the refusal."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def op_bench():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCHMARKS))
-        import op_bench
-
-        yield op_bench
+def op_bench(import_benchmark):
+    return import_benchmark("op_bench")
 
 
 TOY = ["--T", "200", "--N", "64", "--heads", "2", "--dk", "8", "--dv", "8", "--repeats", "1"]
