@@ -28,10 +28,10 @@ def sigma(x: Tensor) -> Tensor:
 def unit(x: Tensor) -> Tensor:
     """The ``deltanet`` rule's feature map (not in the paper): x scaled to unit length, no ELU + 1.
 
-    Signed features spread keys over the whole sphere; ELU + 1's all-positive ones crowd into one
-    orthant, where the rule's writes along near-parallel keys let M grow without bound in the
-    weakly written directions (docs/passkey.md, "A bounded memory"). A zero vector stays zero:
-    the layer's padding keys for this rule, which so write nothing.
+    Signed features spread keys over the whole sphere, where ELU + 1's all-positive ones crowd into
+    one orthant (a first try with those let M grow along weakly written directions; with these it
+    grows the same, docs/passkey.md, "A bounded memory"). A zero vector stays zero: the layer's
+    padding keys for this rule, which so write nothing.
     """
     return F.normalize(x, dim=-1)
 
