@@ -8,6 +8,7 @@ unpickled (unpickling runs arbitrary code). ``torch.load`` is not used anywhere 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,9 +92,10 @@ def read_model_config(folder: Path) -> ModelConfig:
         raise ValueError(f"invalid model config in {path}: {err}") from None
 
 
-def load_weights(model: InfiniTransformer, file: Path) -> None:
+def load_weights(model: InfiniTransformer, file: Path, fresh: Collection[str] = ()) -> None:
     """Fill ``model`` from a safetensors file; names and shapes must match exactly (tied weights
-    may be stored once). Values are cast to the model's dtype."""
+    may be stored once). Values are cast to the model's dtype. Weights named in ``fresh`` may be
+    missing from the file and then keep their initial values (an option added in fine-tuning)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -108,7 +110,7 @@ def load_weights(model: InfiniTransformer, file: Path) -> None:
     for name, ref in params.items():  # in the model's order: the first mismatch is the earliest weight
         t = tensors.get(name)
         if t is None:
-            if name in stored_once:
+            if name in stored_once and name not in fresh:
                 raise ValueError(f"checkpoint incompatible with its config: missing weight '{name}'")
             continue
         if tuple(t.shape) != tuple(ref.shape):

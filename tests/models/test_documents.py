@@ -30,8 +30,18 @@ def err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+def _with_write_strengths() -> InfiniTransformer:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=41, d_model=24, n_layers=2, n_heads=4, n_kv_heads=2, segment_len=N, write_strength=True
+    )
+    return InfiniTransformer(config).double()
+
+
+@pytest.mark.parametrize("write", [False, True])  # True: learned write strengths, masked by padding
 @pytest.mark.parametrize("update", ["linear", "delta", "deltanet"])
-def test_padding_never_enters_the_memory(model, update):
+def test_padding_never_enters_the_memory(model, update, write):
+    model = _with_write_strengths() if write else model
     for block in model.blocks:
         block.attn.update = update
     # a 5-token document padded to the segment boundary, then 2 more segments

@@ -55,6 +55,9 @@ def test_config_derives_defaults():
         (dict(rope_theta=0.0), "rope_theta"),
         (dict(mem_eps=-1.0), "mem_eps"),
         (dict(tie_embeddings="yes"), "tie_embeddings"),
+        (dict(write_strength=1), "write_strength must be true or false"),
+        (dict(write_strength=True, attention="local"), "write_strength is an option of attention = 'infini'"),
+        (dict(write_strength_init=float("nan")), "write_strength_init must be a finite number"),
     ],
 )
 def test_config_rejects_bad_values(overrides, match):
@@ -103,10 +106,11 @@ OVERLAPS = [0, 3]
 STATE_FIELDS = [f.name for f in dataclasses.fields(InfiniState)]
 
 
+@pytest.mark.parametrize("write", [False, True])  # learned write strengths (not in the paper)
 @pytest.mark.parametrize("W", OVERLAPS)
 @pytest.mark.parametrize("update", ["linear", "delta", "deltanet"])
-def test_fast_model_matches_reference_op_model(update, W):
-    model = make_model(update=update, local_overlap=W)
+def test_fast_model_matches_reference_op_model(update, W, write):
+    model = make_model(update=update, local_overlap=W, write_strength=write, write_strength_init=0.5)
     ids = tokens(2, 29)
     fast = model(ids)
     for block in model.blocks:
@@ -114,7 +118,7 @@ def test_fast_model_matches_reference_op_model(update, W):
     ref = model(ids)
     assert max_err(fast.logits, ref.logits) < 1e-10
     for a, b in zip(fast.state.layers, ref.state.layers, strict=True):
-        for name in ("M", "z", "tail_k", "tail_v", "k_next"):
+        for name in ("M", "z", "tail_k", "tail_v", "k_next", "write"):
             assert getattr(a, name).shape == getattr(b, name).shape, name
             assert getattr(a, name).numel() == 0 or max_err(getattr(a, name), getattr(b, name)) < 1e-10, name
 
@@ -123,7 +127,8 @@ def test_fast_model_matches_reference_op_model(update, W):
 @pytest.mark.parametrize("update", ["linear", "delta", "deltanet"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_split_resume_at_random_points(update, seed, W):
-    model = make_model(update=update, local_overlap=W)
+    # seed 2 with learned write strengths (not in the paper), whose buffer the state carries too
+    model = make_model(update=update, local_overlap=W, write_strength=seed == 2, write_strength_init=0.5)
     T = 53
     ids = tokens(2, T, seed=seed)
     whole = model(ids)

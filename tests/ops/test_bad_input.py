@@ -102,6 +102,15 @@ BAD = {
     "k-5d": (lambda: {"k": _rand(B, T, Hkv, Dk, 1)}, r"k must be a 4-D tensor"),
     "v-3d": (lambda: {"v": _rand(T, Hkv, Dv)}, r"v must be a 4-D tensor"),
     "q-not-a-tensor": (lambda: {"q": [[1.0]]}, r"q must be a 4-D tensor.*list"),
+    "write_strength-per-query-head": (
+        lambda: {"write_strength": _rand(B, T, H)},
+        r"write_strength must have shape \[B, T, Hkv\] \(2, 6, 2\).*\(2, 6, 4\)",
+    ),
+    "write_strength-float32": (
+        lambda: {"write_strength": _rand(B, T, Hkv).float()},
+        r"write_strength must have .*dtype torch\.float64.*torch\.float32",
+    ),
+    "write_strength-scalar": (lambda: {"write_strength": 1.0}, r"write_strength must have shape.*float"),
 }
 
 

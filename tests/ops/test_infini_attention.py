@@ -18,7 +18,7 @@ from infini_attention.ops import InfiniState, infini_attention, infini_attention
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 STATE_FIELDS = tuple(f.name for f in dataclasses.fields(InfiniState))
-INPUT_NAMES = ("q", "k", "v", "beta", "q_local", "k_local", "k_next")
+INPUT_NAMES = ("q", "k", "v", "beta", "q_local", "k_local", "k_next", "write_strength")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Case:
     T0: int | None = None  # tokens of an earlier call that produces the initial state (None: no state)
     local: bool = False  # separate, random q_local / k_local (and k_next with an overlap)
     overlap: int = 0  # W: local attention also sees the previous segment's last W tokens
+    write: bool = False  # random write strengths in [0, 1] (not in the paper; None = all 1)
 
     @property
     def id(self) -> str:
@@ -41,6 +42,8 @@ class Case:
             s += f"-state{self.T0}"
         if self.overlap:
             s += f"-W{self.overlap}"
+        if self.write:
+            s += "-write"
         return s + ("-local" if self.local else "")
 
 
@@ -50,6 +53,10 @@ def _inputs(case: Case, make_inputs, dtype, seed: int, T: int) -> dict:
     if case.overlap and case.local:
         g = torch.Generator().manual_seed(seed + 100)
         x["k_next"] = torch.randn(case.B, T, case.Hkv, case.Dk, generator=g, dtype=torch.float64).to(dtype)
+    x["write_strength"] = None
+    if case.write:
+        g = torch.Generator().manual_seed(seed + 200)
+        x["write_strength"] = torch.rand(case.B, T, case.Hkv, generator=g, dtype=torch.float64).to(dtype)
     return x
 
 
@@ -77,6 +84,12 @@ CASES_F64 = [
     Case(2, 5, 6, 2, 3, 4, 8, T0=3, overlap=4, local=True),  # state before any tail, segment completed
     Case(1, 13, 6, 3, 4, 4, 4, T0=16, overlap=2, local=True),  # empty buffers, tail from state
     Case(2, 2, 3, 1, 5, 2, 4, T0=9, overlap=3, local=True),  # 1 buffered, stays open
+    # write strengths (not in the paper): each token's write scaled by its own w in [0, 1]
+    Case(2, 37, 6, 2, 5, 7, 8, write=True),  # several segments, ragged end
+    Case(1, 7, 2, 1, 3, 2, 1, local=True, write=True),  # N == 1
+    Case(2, 20, 4, 2, 5, 3, 8, T0=11, local=True, write=True),  # buffered strengths complete a segment
+    Case(1, 3, 4, 4, 4, 5, 8, T0=3, write=True),  # segment stays open: strengths stay buffered
+    Case(2, 20, 4, 2, 5, 3, 8, T0=11, overlap=3, local=True, write=True),
 ]
 
 CASES_F32 = [
@@ -85,6 +98,7 @@ CASES_F32 = [
     Case(2, 20, 4, 2, 5, 3, 8, T0=11, local=True),
     Case(1, 3, 4, 4, 4, 5, 8, T0=3),
     Case(2, 20, 4, 2, 5, 3, 8, T0=11, overlap=3, local=True),
+    Case(2, 20, 4, 2, 5, 3, 8, T0=11, local=True, write=True),
 ]
 
 UPDATES = ["linear", "delta", "deltanet"]
@@ -110,6 +124,7 @@ def _initial_state(case: Case, make_inputs, dtype) -> InfiniState | None:
             k_local=x["k_local"],
             overlap=case.overlap,
             k_next=x["k_next"],
+            write_strength=x["write_strength"],
         )
     assert st.tail_v.shape[1] == (case.overlap if case.T0 >= case.N else 0)
     assert st.buffered == case.T0 % case.N
@@ -132,6 +147,7 @@ def _run(op, x, state, case: Case, update, cot, leaf_state):
         initial_state=st0,
         overlap=case.overlap,
         k_next=leaves.get("k_next"),
+        write_strength=leaves.get("write_strength"),
     )
     do, dM, dz = cot
     loss = (o * do).sum() + (st.M * dM).sum() + (st.z * dz).sum()
@@ -191,7 +207,7 @@ def test_fast_matches_naive_float32(case, update, make_inputs, leaf_state, asser
 @pytest.mark.parametrize("overlap", [0, 3])  # 3: the tail reaches into the 2 buffered tokens
 def test_gradients_reach_every_input(overlap, make_inputs, leaf_state):
     """Guards the comparison above against vacuous zero gradients: every input matters."""
-    case = Case(1, 10, 4, 2, 3, 3, 4, T0=6, local=True, overlap=overlap)
+    case = Case(1, 10, 4, 2, 3, 3, 4, T0=6, local=True, overlap=overlap, write=True)
     x = _inputs(case, make_inputs, torch.float64, seed=0, T=case.T)
     state = _initial_state(case, make_inputs, torch.float64)
     g = torch.Generator().manual_seed(3)
@@ -214,7 +230,7 @@ def test_gradients_reach_every_input(overlap, make_inputs, leaf_state):
 
 
 def _gradcheck_inputs(overlap: int, make_inputs, leaf_state):
-    case = Case(1, 7, 4, 2, 3, 2, 3, local=True, overlap=overlap, T0=4)
+    case = Case(1, 7, 4, 2, 3, 2, 3, local=True, overlap=overlap, T0=4, write=True)
     x = _inputs(case, make_inputs, torch.float64, seed=5, T=case.T)
     # one segment written (z > 0 keeps the delta rule's 1/(sigma(K) z + eps) tame), 1 buffered;
     # the checked call completes that open segment, writes one more and leaves 2 tokens buffered
@@ -238,6 +254,6 @@ def test_gradcheck(op_name, update, overlap, make_inputs, leaf_state):
         inputs = dict(zip(names, args[: len(names)], strict=True))
         st0 = dataclasses.replace(st, **dict(zip(fields, args[len(names) :], strict=True)))
         o, st1 = op(**inputs, segment_len=case.N, update=update, initial_state=st0, overlap=case.overlap)
-        return o, st1.M, st1.z, st1.k_mem, st1.k_local, st1.v, st1.k_next, st1.tail_k, st1.tail_v
+        return o, st1.M, st1.z, st1.k_mem, st1.k_local, st1.v, st1.k_next, st1.tail_k, st1.tail_v, st1.write
 
     assert torch.autograd.gradcheck(f, tuple(tensors), eps=1e-6, atol=1e-6, rtol=1e-5)

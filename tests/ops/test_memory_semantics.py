@@ -270,3 +270,48 @@ def test_deltanet_zero_keys_write_nothing(op, make_inputs, assert_close):
         x["q"][:, N:], zero_k, x["v"][:, N:], x["beta"], segment_len=N, update="deltanet", initial_state=st
     )
     assert_close("M after a padding segment", st.M, st2.M, 0, 0)
+
+
+# --- write strengths (not in the paper): each token's write scaled by its w ----------------------
+
+
+@pytest.mark.parametrize("update", ["linear", "delta", "deltanet"])
+def test_write_strength_one_is_the_paper_and_zero_writes_nothing(op, update, make_inputs):
+    N = 4
+    x = make_inputs(2, 3 * N + 1, 4, 2, 3, 5, seed=14)
+    args = (x["q"], x["k"], x["v"], x["beta"])
+    o, st = op(*args, segment_len=N, update=update)
+    ones = torch.ones(x["k"].shape[:3], dtype=F64)
+    o1, st1 = op(*args, segment_len=N, update=update, write_strength=ones)
+    assert torch.equal(o, o1) and torch.equal(st.M, st1.M) and torch.equal(st.z, st1.z)
+    o0, st0 = op(*args, segment_len=N, update=update, write_strength=torch.zeros_like(ones))
+    assert torch.equal(st0.M, torch.zeros_like(st0.M)) and torch.equal(st0.z, torch.zeros_like(st0.z))
+    # with nothing written, every segment reads an empty memory, as the first one does
+    first = op(*(t[:, :N] for t in args[:3]), args[3], segment_len=N, update=update)[0]
+    assert torch.equal(o0[:, :N], first)
+
+
+def test_linear_write_strength_scales_each_token(op, assert_close):
+    # one-hot keys e_0, e_1 with strengths 0.25 and 2: M = diag(w) V and z = w, by eq. (8)
+    N, Dv = 2, 3
+    k = one_hot_keys([0, 1], 2)[None, :, None]
+    g = torch.Generator().manual_seed(15)
+    v = torch.randn(1, N, 1, Dv, generator=g, dtype=F64)
+    q = torch.zeros(1, N, 1, 2, dtype=F64)
+    w = torch.tensor([0.25, 2.0], dtype=F64)[None, :, None]
+    _, st = op(q, k, v, torch.zeros(1, dtype=F64), segment_len=N, update="linear", write_strength=w)
+    assert_close("M", w[0] * v[0, :, 0], st.M[0, 0], 1e-12, 1e-12)
+    assert_close("z", w[0, :, 0], st.z[0, 0], 1e-12, 1e-12)
+
+
+def test_deltanet_write_strength_moves_m_part_way(op, assert_close):
+    # key e_0 written with value a at strength 0.5, then b at 0.5 (same segment):
+    # M[0] = 0.5 a, then 0.5 a + 0.5 (b - 0.5 a) = 0.25 a + 0.5 b
+    a, b = (torch.tensor(x, dtype=F64) for x in ([1.0, 2.0], [-3.0, 0.5]))
+    k = torch.eye(2, dtype=F64)[[0, 0]][None, :, None]
+    v = torch.stack([a, b])[None, :, None]
+    q = torch.zeros(1, 2, 1, 2, dtype=F64)
+    w = torch.full((1, 2, 1), 0.5, dtype=F64)
+    _, st = op(q, k, v, torch.zeros(1, dtype=F64), segment_len=2, update="deltanet", write_strength=w)
+    assert_close("M[0]", 0.25 * a + 0.5 * b, st.M[0, 0, 0], 1e-12, 1e-12)
+    assert_close("M[1]", torch.zeros(2, dtype=F64), st.M[0, 0, 1], 0, 0)

@@ -10,6 +10,7 @@ from infini_attention.ops import InfiniState, infini_attention
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 STATE_FIELDS = ("M", "z", "k_mem", "k_local", "v")
+NBYTES_FIELDS = (*STATE_FIELDS, "write")  # the open segment's write strengths count too
 UPDATES = ["linear", "delta", "deltanet"]
 
 
@@ -178,7 +179,7 @@ def test_memory_path_change_reaches_later_segments(t, make_inputs):
 
 
 def _expected_nbytes(st: InfiniState) -> int:
-    return sum(getattr(st, f).numel() * getattr(st, f).element_size() for f in STATE_FIELDS)
+    return sum(getattr(st, f).numel() * getattr(st, f).element_size() for f in NBYTES_FIELDS)
 
 
 def test_nbytes_same_after_1_and_100_segments(op, make_inputs):
@@ -198,7 +199,7 @@ def test_nbytes_bounded_while_decoding(op, dtype, make_inputs):
     x = make_inputs(B, 3 * N + 2, H, Hkv, Dk, Dv, dtype=dtype, seed=51, local=True)
     elt = torch.empty((), dtype=dtype).element_size()
     mem_bytes = (B * Hkv * Dk * Dv + B * Hkv * Dk) * elt  # M, z in float32 / float64 here
-    per_token = B * Hkv * (2 * Dk + Dv) * elt
+    per_token = B * Hkv * (2 * Dk + Dv + 1) * elt  # k_mem, k_local, v and the write strength
     st = None
     seen = []
     for i in range(3 * N + 2):

@@ -200,6 +200,31 @@ def test_passkey_fine_tuning_starts_from_the_model(tmp_path, cache, pretrained_r
     assert 0 <= row["passkey_acc"] <= 1 and 0 <= row["eval_passkey_acc"] <= 1 and row["eval_loss"] is None
 
 
+def test_fine_tuning_can_add_write_strengths(tmp_path, cache, pretrained_run):
+    """[model] write_strength = true on a model without it: its weights load, write_proj starts fresh."""
+    start, _ = load_pretrained(pretrained_run)
+    config = passkey_config(cache, pretrained_run, max_steps=1)
+    config.model.update(write_strength=True, write_strength_init=2.5)
+    config.optim.lr = config.optim.gate_lr = 1e-12
+    messages = []
+    final = train(config, out_dir=tmp_path / "pk", log=messages.append, progress=False)
+    assert any("write strengths newly initialised" in m for m in messages)
+    tuned, _ = load_pretrained(final)
+    assert tuned.config.write_strength and not start.config.write_strength
+    tuned_weights = tuned.state_dict()
+    for name, a in start.state_dict().items():
+        torch.testing.assert_close(a, tuned_weights.pop(name), atol=1e-6, rtol=0, msg=name)
+    assert sorted(tuned_weights) == [
+        f"blocks.{i}.attn.write_proj.{p}" for i in (0, 1) for p in ("bias", "weight")
+    ]
+    torch.testing.assert_close(tuned.blocks[0].attn.write_proj.bias, torch.full((2,), 2.5), atol=1e-6, rtol=0)
+    # without the option, a checkpoint with write strengths still refuses to load into a model lacking them
+    config = passkey_config(cache, final, max_steps=1)
+    config.model.update(write_strength=False)
+    with pytest.raises(ValueError, match="unexpected weight .*write_proj"):
+        train(config, out_dir=tmp_path / "back", log=quiet, progress=False)
+
+
 @pytest.mark.parametrize("prompts, rows_expected", [(0, None), (3, 4)])
 def test_held_out_passkey_prompts_per_evaluation(
     tmp_path, cache, pretrained_run, monkeypatch, prompts, rows_expected

@@ -12,8 +12,6 @@ from ..ops import InfiniState, infini_attention
 from ..ops.checks import check_overlap
 from .rope import RotaryEmbedding
 
-_NO_WRITE = -1e4  # memory-path key for padding
-
 
 class InfiniAttention(nn.Module):
     """Multi-head (or grouped-query) Infini-attention (paper eqs. 5-11).
@@ -25,6 +23,9 @@ class InfiniAttention(nn.Module):
     ``overlap`` W > 0 (not in the paper) lets local attention also see the previous segment's
     last W tokens: a segment's tokens sit at positions W..W+N-1 and the previous segment's last
     W at 0..W-1, so the RoPE table covers N + W positions and relative distances stay exact.
+
+    ``write_strength`` (not in the paper) adds ``write_proj`` ``[d_model -> Hkv]``: token t's write
+    into the memory of key/value head j is scaled by sigmoid(write_proj(x_t))_j.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class InfiniAttention(nn.Module):
         bias: bool = False,
         mem_eps: float = 1e-6,
         overlap: int = 0,
+        write_strength: bool = False,
     ) -> None:
         super().__init__()
         check_overlap(overlap, segment_len)  # at construction, not at the first forward
@@ -53,6 +55,7 @@ class InfiniAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=False)
         self.gate = nn.Parameter(torch.full((n_heads,), float(gate_init)))
+        self.write_proj = nn.Linear(d_model, n_kv_heads, bias=True) if write_strength else None
         self.rope = RotaryEmbedding(head_dim, segment_len + overlap, rope_theta, rope_scaling)
         self.op = infini_attention  # tests swap in infini_attention_naive
 
@@ -68,12 +71,13 @@ class InfiniAttention(nn.Module):
         q = self.q_proj(x).unflatten(-1, (self.n_heads, self.head_dim))  # [B, T, H, D]
         k = self.k_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim))  # [B, T, Hkv, D]
         v = self.v_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim))  # [B, T, Hkv, D]
-        k_mem = k
-        if pad_mask is not None:
-            # sigma(-1e4) = elu(-1e4) + 1 is exactly 0 in float32: padding adds nothing to M or z;
-            # deltanet's unit features keep a zero key zero (and a zero key writes nothing)
-            fill = 0.0 if self.update == "deltanet" else _NO_WRITE
-            k_mem = k.masked_fill(pad_mask[:, :, None, None], fill)
+        write = torch.sigmoid(self.write_proj(x)) if self.write_proj is not None else None  # [B, T, Hkv]
+        if pad_mask is not None:  # padding writes nothing into M or z, whatever the rule
+            keep = ~pad_mask[:, :, None]  # [B, T, 1]
+            write = keep.to(q.dtype) if write is None else write * keep
+            write = write.expand(B, T, self.n_kv_heads)
+        if write is not None:
+            write = write.to(q.dtype)  # (under autocast the projections' dtype)
         t0 = 0 if state is None else state.buffered  # offset inside the open segment
         N, W = self.segment_len, self.overlap
         positions = (t0 + torch.arange(T, device=x.device)) % N + W  # [T]
@@ -82,7 +86,7 @@ class InfiniAttention(nn.Module):
             k_next = self.rope(k, (positions - N).clamp(min=0))
         o, state = self.op(
             q,
-            k_mem,
+            k,
             v,
             self.gate,
             segment_len=self.segment_len,
@@ -93,5 +97,6 @@ class InfiniAttention(nn.Module):
             eps=self.mem_eps,
             overlap=W,
             k_next=k_next,
+            write_strength=write,
         )  # o: [B, T, H, D]
         return self.o_proj(o.flatten(2)), state

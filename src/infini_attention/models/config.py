@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,12 @@ class ModelConfig:
     # Not in the paper (0 = the paper): local attention also sees the previous segment's last
     # ``local_overlap`` tokens, so tokens just after a boundary keep some local context.
     local_overlap: int = 0
+    # Not in the paper (False = the paper): each token's write into the memory is scaled by a
+    # learned strength sigmoid(W x + b) in (0, 1) per key/value head (DeltaNet's beta for
+    # ``update = "deltanet"``), so the model can leave filler out of the memory. ``b`` starts at
+    # ``write_strength_init`` (sigmoid(3) = 0.95: close to the paper's full writes).
+    write_strength: bool = False
+    write_strength_init: float = 3.0
     init_std: float = 0.02
     # The attention of every block. "infini" is the library's; the others are baselines
     # (layers/cached.py): "local" (segment only), "transformer-xl" (+ previous segment, cached
@@ -100,7 +107,12 @@ class ModelConfig:
             )
         if overlap and self.attention != "infini":
             raise ValueError(f"local_overlap is an option of attention = 'infini', not {self.attention!r}")
-        for name in ("tie_embeddings", "attention_bias"):
+        if self.write_strength and self.attention != "infini":
+            raise ValueError(f"write_strength is an option of attention = 'infini', not {self.attention!r}")
+        w_init = self.write_strength_init
+        if isinstance(w_init, bool) or not isinstance(w_init, int | float) or not math.isfinite(w_init):
+            raise ValueError(f"write_strength_init must be a finite number, got {w_init!r}")
+        for name in ("tie_embeddings", "attention_bias", "write_strength"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 

@@ -111,6 +111,7 @@ def _attention(c: ModelConfig, index: int) -> nn.Module:
             bias=c.attention_bias,
             mem_eps=c.mem_eps,
             overlap=c.local_overlap,
+            write_strength=c.write_strength,
         )
     knn = c.attention == "memorizing" and index == c.knn_layer
     mode = {"memorizing": "transformer-xl", "rmt": "local"}.get(c.attention, c.attention)
@@ -173,6 +174,8 @@ class InfiniTransformer(nn.Module):
                 nn.init.ones_(p)
             elif name.endswith("attn.gate"):
                 nn.init.constant_(p, self.config.gate_init)
+            elif name.endswith("attn.write_proj.bias"):
+                nn.init.constant_(p, self.config.write_strength_init)
             elif name.endswith(".bias"):
                 nn.init.zeros_(p)
             elif name.endswith(("o_proj.weight", "down_proj.weight")):

@@ -27,6 +27,7 @@ def check_inputs(
     eps: float,
     overlap: int = 0,
     k_next: Tensor | None = None,
+    write_strength: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, InfiniState]:
     """Validate op inputs; return (q_local, k_local, k_next, state) with defaults filled in.
 
@@ -80,6 +81,16 @@ def check_inputs(
         got = f"{_describe(k_next)} {getattr(k_next, 'dtype', '')}".strip()
         raise ValueError(f"k_next must have the shape and dtype of k {_shape(k)} {q.dtype}, got {got}")
 
+    if write_strength is not None and (
+        not isinstance(write_strength, Tensor)
+        or _shape(write_strength) != _shape(k)[:3]
+        or write_strength.dtype != q.dtype
+    ):
+        got = f"{_describe(write_strength)} {getattr(write_strength, 'dtype', '')}".strip()
+        raise ValueError(
+            f"write_strength must have shape [B, T, Hkv] {_shape(k)[:3]} and dtype {q.dtype}, got {got}"
+        )
+
     Dv = v.shape[3]
     if initial_state is None:
         state = InfiniState.zeros(B, Hkv, Dk, Dv, dtype=q.dtype, device=q.device)
@@ -116,6 +127,7 @@ def _check_state(
         "tail_k": (B, w, Hkv, Dk),
         "tail_v": (B, w, Hkv, Dv),
         "tail_valid": (B, w),
+        "write": (B, t, Hkv),
     }
     for name, shape in expected.items():
         got = _shape(getattr(state, name))
@@ -134,7 +146,7 @@ def _check_state(
             f"initial_state holds a tail of {w} tokens of the previous segment, but overlap={overlap} "
             f"allows at most {overlap} (a state from another overlap?)"
         )
-    for name in ("k_mem", "k_local", "v", "k_next", "tail_k", "tail_v"):
+    for name in ("k_mem", "k_local", "v", "k_next", "tail_k", "tail_v", "write"):
         if getattr(state, name).dtype != q.dtype:
             raise ValueError(
                 f"initial_state.{name} is {getattr(state, name).dtype}, but the inputs are {q.dtype}"

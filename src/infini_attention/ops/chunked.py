@@ -45,6 +45,7 @@ def infini_attention(
     eps: float = 1e-6,
     overlap: int = 0,
     k_next: Tensor | None = None,
+    write_strength: Tensor | None = None,
 ) -> tuple[Tensor, InfiniState]:
     """Infini-attention over a stream chunk, before the output projection.
 
@@ -64,17 +65,35 @@ def infini_attention(
             Memory reads and writes are unchanged.
         k_next: ``[B, T, Hkv, Dk]`` the keys as the *next* segment's queries see them (with
             RoPE: rotated to positions W - N + p instead of W + p); default ``k_local``.
+        write_strength: ``[B, T, Hkv]``, not in the paper (None = all 1 = the paper): scales each
+            token's write into M and z (DeltaNet's beta for ``deltanet``); 0 writes nothing, which
+            is how the layer keeps padding out of the memory. Meant to lie in [0, 1].
 
     Returns:
         ``(o, state)``: ``o`` is ``[B, T, H, Dv]``; ``state`` continues the stream. Splitting
         an input at any points and chaining the calls gives the same outputs and final state.
     """
     q_local, k_local, k_next, state = check_inputs(
-        q, k, v, beta, segment_len, update, q_local, k_local, initial_state, eps, overlap, k_next
+        q,
+        k,
+        v,
+        beta,
+        segment_len,
+        update,
+        q_local,
+        k_local,
+        initial_state,
+        eps,
+        overlap,
+        k_next,
+        write_strength,
     )
     B, T, H, _ = q.shape
     if T == 0:
         return q.new_zeros(B, 0, H, v.shape[3]), state
+    wr = write_strength  # [B, T, Hkv] or None (all 1)
+    if wr is None and state.buffered:  # the open segment's buffered strengths meet the new ones
+        wr = v.new_ones(v.shape[:3])  # (x * 1.0 is exact: results equal the all-1 path's)
     gate = torch.sigmoid(beta).to(q.dtype)  # [H]
     N = segment_len
     outs = []
@@ -91,6 +110,7 @@ def infini_attention(
         k_loc_seg = torch.cat([state.k_local, k_local[:, :n0]], dim=1)
         v_seg = torch.cat([state.v, v[:, :n0]], dim=1)
         k_next_seg = torch.cat([state.k_next, k_next[:, :n0]], dim=1) if W else state.k_next
+        w_seg = torch.cat([state.write, wr[:, :n0]], dim=1) if wr is not None else None  # [B, t0+n0, Hkv]
         # queries sit at positions t0..t0+n0-1 of the segment: a bottom-right causal mask
         causal = torch.ones(n0, t0 + n0, dtype=torch.bool, device=q.device).tril(diagonal=t0)
         a_dot = _local_attention(
@@ -99,14 +119,16 @@ def infini_attention(
         a_mem = _retrieve(q[:, None, :n0], M[:, None], z[:, None], update, eps)
         outs.append(_mix(gate, a_mem[:, 0], a_dot[:, 0]))
         if t0 + n0 < N:  # still open: nothing is written yet
-            return outs[0], InfiniState(M, z, k_mem_seg, k_loc_seg, v_seg, k_next_seg, *tail)
-        M_all, z_all = _write(M, z, k_mem_seg[:, None], v_seg[:, None], update, eps)
+            return outs[0], InfiniState(M, z, k_mem_seg, k_loc_seg, v_seg, k_next_seg, *tail, write=w_seg)
+        w_one = w_seg[:, None] if w_seg is not None else None
+        M_all, z_all = _write(M, z, k_mem_seg[:, None], v_seg[:, None], update, eps, w_one)
         M, z = M_all[:, -1], z_all[:, -1]
         if W:
             tail = _Tail.of(k_next_seg, v_seg, W)
 
     # 2. The rest starts on a segment boundary: S complete segments, then r tokens.
     q, k, v, q_local, k_local, k_next = (t[:, n0:] for t in (q, k, v, q_local, k_local, k_next))
+    wr = wr[:, n0:] if wr is not None else None
     T = q.shape[1]
     S, r = divmod(T, N)
     full = S * N
@@ -116,7 +138,8 @@ def infini_attention(
 
     if S > 0:
         # memory before each segment, and after the last one: [B, S+1, Hkv, Dk, (Dv)]
-        M_all, z_all = _write(M, z, segments(k), segments(v), update, eps)
+        w_segs = wr[:, :full].unflatten(1, (S, N)) if wr is not None else None  # [B, S, N, Hkv]
+        M_all, z_all = _write(M, z, segments(k), segments(v), update, eps, w_segs)
         tails = None
         if W:  # segment 0 sees the tail from before; segment s > 0 the end of segment s - 1
             ends = slice(N - W, N)
@@ -145,6 +168,7 @@ def infini_attention(
         tail_k=tail.k.clone(),
         tail_v=tail.v.clone(),
         tail_valid=tail.valid,
+        write=wr[:, full:].clone() if wr is not None else None,
     )
     return torch.cat(outs, dim=1), new_state
 
@@ -250,44 +274,53 @@ def _retrieve(q: Tensor, M: Tensor, z: Tensor, update: str, eps: float) -> Tenso
     return a.unflatten(3, (n, H // Hkv)).permute(0, 1, 3, 2, 4, 5).flatten(3, 4)  # [B, S, n, H, Dv]
 
 
-def _write(M: Tensor, z: Tensor, k: Tensor, v: Tensor, update: str, eps: float) -> tuple[Tensor, Tensor]:
-    """Write complete segments, eq (8) or (9). k ``[B, S, N, Hkv, Dk]``, v ``[B, S, N, Hkv, Dv]``.
+def _write(
+    M: Tensor, z: Tensor, k: Tensor, v: Tensor, update: str, eps: float, w: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Write complete segments, eq (8) or (9). k ``[B, S, N, Hkv, Dk]``, v ``[B, S, N, Hkv, Dv]``,
+    w ``[B, S, N, Hkv]`` write strengths or None (all 1).
 
     Returns memory before each segment and after the last: ``[B, S+1, Hkv, Dk, Dv]`` and
     ``[B, S+1, Hkv, Dk]`` (index 0 is the input M, z).
     """
     vv = v.to(M.dtype).permute(0, 1, 3, 2, 4)  # [B, S, Hkv, N, Dv]
+    ww = w.to(M.dtype).permute(0, 1, 3, 2).unsqueeze(-1) if w is not None else None  # [B, S, Hkv, N, 1]
     if update == "deltanet":
-        U, Gm = _deltanet_affine(unit(k.to(M.dtype)).permute(0, 1, 3, 2, 4), vv)
+        U, Gm = _deltanet_affine(unit(k.to(M.dtype)).permute(0, 1, 3, 2, 4), vv, ww)
         z_all = z.unsqueeze(1).expand(-1, U.shape[1] + 1, -1, -1)  # z is not used: unchanged
     else:
         sk = sigma(k.to(M.dtype)).permute(0, 1, 3, 2, 4)  # [B, S, Hkv, N, Dk]
-        z_all = _prefix_sum(z, sk.sum(dim=3))  # eq (8): [B, S+1, Hkv, Dk]
-        U = sk.transpose(-1, -2) @ vv  # sigma(K)^T V: [B, S, Hkv, Dk, Dv]
+        sk_w = sk if ww is None else sk * ww  # each token's features scaled by its write strength
+        z_all = _prefix_sum(z, sk_w.sum(dim=3))  # eq (8): [B, S+1, Hkv, Dk]
+        U = sk_w.transpose(-1, -2) @ vv  # sigma(K)^T diag(w) V: [B, S, Hkv, Dk, Dv]
         if update == "linear":
             return _prefix_sum(M, U), z_all  # eq (8)
-        # eq (9): M_s = M_{s-1} + U_s - sigma(K)^T diag(1 / (sigma(K) z_{s-1} + eps)) sigma(K) M_{s-1}
+        # eq (9): M_s = M_{s-1} + U_s - sigma(K)^T diag(w / (sigma(K) z_{s-1} + eps)) sigma(K) M_{s-1}
         inv_den = 1.0 / ((sk @ z_all[:, :-1].unsqueeze(-1)) + eps)  # [B, S, Hkv, N, 1]
-        Gm = sk.transpose(-1, -2) @ (sk * inv_den)  # [B, S, Hkv, Dk, Dk]
+        Gm = sk_w.transpose(-1, -2) @ (sk * inv_den)  # [B, S, Hkv, Dk, Dk]
     Ms = [M]
     for s in range(U.shape[1]):  # carries only the [B, Hkv, Dk, Dv] memory
         Ms.append(Ms[-1] + U[:, s] - Gm[:, s] @ Ms[-1])
     return torch.stack(Ms, dim=1), z_all
 
 
-def _deltanet_affine(uk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+def _deltanet_affine(uk: Tensor, v: Tensor, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One segment of token-by-token delta writes as ``M -> M + U - G M``.
 
-    uk ``[..., N, Dk]`` unit keys, v ``[..., N, Dv]`` -> U ``[..., Dk, Dv]``, G ``[..., Dk, Dk]``.
-    Token t writes e_t = v_t - k_t M_{t-1} (k_t a row), so M_N = M_0 + K^T E, and
-    e_t = v_t - k_t M_0 - sum_{i<t} (k_t . k_i) e_i, i.e. (I + L) E = V - K M_0 with L the strictly
-    lower triangle of K K^T. Hence U = K^T (I + L)^{-1} V and G = K^T (I + L)^{-1} K: one
-    unit-triangular solve with Dv + Dk right-hand sides, every segment at once.
+    uk ``[..., N, Dk]`` unit keys, v ``[..., N, Dv]``, w ``[..., N, 1]`` write strengths (None: 1)
+    -> U ``[..., Dk, Dv]``, G ``[..., Dk, Dk]``.
+    Token t writes e_t = w_t (v_t - k_t M_{t-1}) (k_t a row), so M_N = M_0 + K^T E, and
+    e_t = w_t (v_t - k_t M_0 - sum_{i<t} (k_t . k_i) e_i), i.e. (I + D L) E = D (V - K M_0) with
+    D = diag(w) and L the strictly lower triangle of K K^T. Hence U = K^T (I + D L)^{-1} D V and
+    G = K^T (I + D L)^{-1} D K: one unit-triangular solve with Dv + Dk right-hand sides, every
+    segment at once.
     """
     Dv = v.shape[-1]
     lower = (uk @ uk.transpose(-1, -2)).tril(diagonal=-1)  # L: [..., N, N]
-    eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device)
     rhs = torch.cat([v, uk], dim=-1)  # [..., N, Dv + Dk]
+    if w is not None:
+        lower, rhs = w * lower, w * rhs  # D L and D [V | K]: row t scaled by w_t
+    eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device)
     solved = torch.linalg.solve_triangular(lower + eye, rhs, upper=False, unitriangular=True)
     kt = uk.transpose(-1, -2)  # [..., Dk, N]
     return kt @ solved[..., :Dv], kt @ solved[..., Dv:]

@@ -50,10 +50,23 @@ def infini_attention_naive(
     eps: float = 1e-6,
     overlap: int = 0,
     k_next: Tensor | None = None,
+    write_strength: Tensor | None = None,
 ) -> tuple[Tensor, InfiniState]:
     """Same contract as :func:`infini_attention.ops.infini_attention`, one segment at a time."""
     q_local, k_local, k_next, state = check_inputs(
-        q, k, v, beta, segment_len, update, q_local, k_local, initial_state, eps, overlap, k_next
+        q,
+        k,
+        v,
+        beta,
+        segment_len,
+        update,
+        q_local,
+        k_local,
+        initial_state,
+        eps,
+        overlap,
+        k_next,
+        write_strength,
     )
     B, T, H, Dk = q.shape
     Hkv, Dv = v.shape[2], v.shape[3]
@@ -68,6 +81,9 @@ def infini_attention_naive(
     K_loc = torch.cat([state.k_local, k_local], dim=1)  # [B, t0+T, Hkv, Dk]
     V = torch.cat([state.v, v], dim=1)  # [B, t0+T, Hkv, Dv]
     K_next = torch.cat([state.k_next, k_next], dim=1) if overlap else None  # [B, t0+T, Hkv, Dk]
+    if write_strength is None:
+        write_strength = v.new_ones(v.shape[:3])
+    Wr = torch.cat([state.write, write_strength], dim=1)  # [B, t0+T, Hkv]: each token's write strength
     total = t0 + T
     # The overlap option: the last keys of the previous segment, seen by this segment's queries.
     tail_k, tail_v, tail_valid = state.tail_k, state.tail_v, state.tail_valid  # [B, w, ...]
@@ -113,21 +129,23 @@ def infini_attention_naive(
             continue  # an unfinished segment is not written; it stays in the buffers
         for j in range(Hkv):
             Vj = V[:, seg_start:seg_end, j].to(mem_dtype)  # [B, N, Dv]
+            # not in the paper: token t's write is scaled by its write strength w_t (1 = the paper)
+            wj = Wr[:, seg_start:seg_end, j, None].to(mem_dtype)  # [B, N, 1]
             if update == "deltanet":
                 # not in the paper: the delta rule token by token (Schlag et al. 2021), unit
-                # keys, write strength 1: after token t, unit(k_t) M = v_t exactly; z unused
+                # keys: with w_t = 1, unit(k_t) M = v_t exactly after token t; z unused
                 uk = unit(K_mem[:, seg_start:seg_end, j].to(mem_dtype))  # [B, N, Dk]
                 for t in range(N):
                     kt = uk[:, t : t + 1]  # [B, 1, Dk]
-                    M[j] = M[j] + kt.transpose(1, 2) @ (Vj[:, t : t + 1] - kt @ M[j])
+                    M[j] = M[j] + kt.transpose(1, 2) @ (wj[:, t : t + 1] * (Vj[:, t : t + 1] - kt @ M[j]))
                 continue
             sk = sigma(K_mem[:, seg_start:seg_end, j]).to(mem_dtype)  # [B, N, Dk]
             if update == "linear":
-                M[j] = M[j] + sk.transpose(1, 2) @ Vj  # eq (8)
+                M[j] = M[j] + (wj * sk).transpose(1, 2) @ Vj  # eq (8)
             else:
                 retrieved = (sk @ M[j]) / ((sk @ z[j].unsqueeze(-1)) + eps)
-                M[j] = M[j] + sk.transpose(1, 2) @ (Vj - retrieved)  # eq (9)
-            z[j] = z[j] + sk.sum(dim=1)  # eq (8), also for the delta rule
+                M[j] = M[j] + (wj * sk).transpose(1, 2) @ (Vj - retrieved)  # eq (9)
+            z[j] = z[j] + (wj * sk).sum(dim=1)  # eq (8), also for the delta rule
         if overlap:
             tail_k = K_next[:, seg_end - overlap : seg_end]
             tail_v = V[:, seg_end - overlap : seg_end]
@@ -144,5 +162,6 @@ def infini_attention_naive(
         tail_k=tail_k.clone(),
         tail_v=tail_v.clone(),
         tail_valid=tail_valid,
+        write=Wr[:, open_from:].clone(),
     )
     return out, new_state

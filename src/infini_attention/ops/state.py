@@ -32,12 +32,17 @@ class InfiniState:
     tail_k: Tensor | None = None  # [B, w, Hkv, Dk] last keys of the previous segment, encoded for this one
     tail_v: Tensor | None = None  # [B, w, Hkv, Dv] their values
     tail_valid: Tensor | None = None  # [B, w] bool: False where a row was reset (another input's tail)
+    # Not in the paper: the open segment's write strengths (the op's ``write_strength``); None: all 1
+    write: Tensor | None = None  # [B, t, Hkv]
 
     def __post_init__(self) -> None:
         empty_k = self.k_mem[:, :0]  # [B, 0, Hkv, Dk]
         for name, default in (("k_next", empty_k), ("tail_k", empty_k), ("tail_v", self.v[:, :0])):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
+        if self.write is None:
+            ones = torch.ones(self.v.shape[:3], dtype=self.v.dtype, device=self.v.device)  # [B, t, Hkv]
+            object.__setattr__(self, "write", ones)
         if self.tail_valid is None:
             valid = torch.zeros(self.tail_v.shape[:2], dtype=torch.bool, device=self.tail_v.device)
             object.__setattr__(self, "tail_valid", valid)

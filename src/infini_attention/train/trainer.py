@@ -166,8 +166,11 @@ def _train(
     torch.manual_seed(tc.seed)  # the same on every rank: the same initial weights
     model = InfiniTransformer(model_config).to(device)
     if init_folder is not None and found is None:
-        load_weights(model, init_folder / "model.safetensors")
-        log(f"starting from {init_folder}")
+        # an option the starting model lacks brings its own freshly initialised weights
+        added = model_config.write_strength and not base.write_strength
+        fresh = [n for n in model.state_dict() if ".write_proj." in n] if added else []
+        load_weights(model, init_folder / "model.safetensors", fresh=fresh)
+        log(f"starting from {init_folder}" + (" (write strengths newly initialised)" if fresh else ""))
     if found is not None:  # before wrapping: FSDP2 then shards the loaded weights
         load_weights(model, found / "model.safetensors")
     if tc.compile:
