@@ -6,7 +6,9 @@ max over heads) of every layer after chosen numbers of written segments.
 
 The prompt is the evaluation's (key at the start band's middle, key 12345), streamed one segment
 per call. The paper's rules grow M like the stream (their reads divide by z, which grows too);
-the deltanet rule (no z) is meant to stay bounded (docs/passkey.md, "A bounded memory").
+the deltanet rule (no z) is meant to stay bounded (docs/passkey.md, "A bounded memory"). For a
+model with learned write strengths (``write_strength``, not in the paper) it also prints their
+mean per layer over the key's tokens and over every other streamed token.
 """
 
 from __future__ import annotations
@@ -42,16 +44,49 @@ def main(argv: list[str] | None = None) -> int:
     prompt = P.build_prompt(parts, args.length, "start", "12345", N)
     state = model.init_state(1)
     rows = []
+    strengths = _WriteStrengths(model) if model.config.write_strength else None
     with torch.no_grad():
         for s in range(marks[-1]):
             ids = torch.from_numpy(prompt.slice(s * N, (s + 1) * N))[None]
+            if strengths is not None:
+                strengths.on_key = (prompt.key_start <= s * N + torch.arange(N)) & (
+                    s * N + torch.arange(N) < prompt.key_end
+                )
             state = model(ids, state, logits_to_keep=1).state
             if s + 1 in marks:
                 rows.append((s + 1, [round(float(ls.M.norm(dim=(-2, -1)).max()), 2) for ls in state.layers]))
     print(f"{args.model} ({args.length}-token prompt, update {model.config.update}): largest |M| per layer")
     for n, norms in rows:
         print(f"  after {n:>5} segments: " + "  ".join(f"{x:>10.2f}" for x in norms))
+    if strengths is not None:
+        print("mean write strength per layer (key tokens / all other tokens):")
+        print("  " + "  ".join(f"{k:.3f} / {o:.3f}" for k, o in strengths.means()))
     return 0
+
+
+class _WriteStrengths:
+    """Sums sigmoid(write_proj(x)) of every layer, split into the key's tokens and the rest."""
+
+    def __init__(self, model) -> None:
+        self.on_key = None  # [N] bool for the segment being streamed
+        self.sums = [[0.0, 0, 0.0, 0] for _ in model.blocks]  # key sum, key count, other sum, other count
+        for i, block in enumerate(model.blocks):
+            block.attn.write_proj.register_forward_hook(self._hook(i))
+
+    def _hook(self, i: int):
+        def record(_module, _inputs, out) -> None:
+            w = torch.sigmoid(out[0]).mean(dim=-1)  # [n]: mean over key/value heads
+            key = self.on_key[: w.shape[0]]
+            acc = self.sums[i]
+            acc[0] += float(w[key].sum())
+            acc[1] += int(key.sum())
+            acc[2] += float(w[~key].sum())
+            acc[3] += int((~key).sum())
+
+        return record
+
+    def means(self) -> list[tuple[float, float]]:
+        return [(ks / max(kn, 1), os / max(on, 1)) for ks, kn, os, on in self.sums]
 
 
 if __name__ == "__main__":

@@ -36,6 +36,28 @@ def test_three_groups_partition_the_parameters(model):
     assert "embed.weight" in {names[id(p)] for p in groups["decay"]["params"]}
 
 
+@pytest.mark.parametrize("write_lr, expected", [(None, 1e-3), (2e-2, 2e-2)])
+def test_write_strengths_get_their_own_group(write_lr, expected):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, segment_len=8, write_strength=True)
+    model = InfiniTransformer(config)
+    opt = build_optimizer(model, OptimConfig(lr=1e-3, gate_lr=5e-2, weight_decay=0.1, write_lr=write_lr))
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert list(groups) == ["decay", "no_decay", "gates", "write"]
+    write = groups["write"]
+    assert write["lr"] == expected and write["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    expected_names = [f"blocks.{i}.attn.write_proj.{w}" for i in (0, 1) for w in ("bias", "weight")]
+    assert sorted(names[id(p)] for p in write["params"]) == expected_names
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+
+
+def test_write_lr_must_be_a_number():
+    with pytest.raises(ValueError, match="write_lr"):
+        OptimConfig(write_lr=-1.0)
+
+
 def test_gates_get_no_weight_decay(model):
     """With zero gradients, AdamW's decoupled decay alone moves a parameter: the gates must not move."""
     with torch.no_grad():

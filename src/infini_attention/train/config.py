@@ -168,10 +168,13 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW. Three parameter groups: matrices (weight decay), vectors (none), gates (own lr, none)."""
+    """AdamW. Groups: matrices (weight decay), vectors (none), gates and write strengths (own lr, none)."""
 
     lr: float = 1e-3  # peak learning rate of every weight except the gates
     gate_lr: float = 1e-2  # peak learning rate of the gate logits (paper.md 4.1: Adam moves them too slowly)
+    # peak learning rate of the learned write strengths' projections (ModelConfig.write_strength;
+    # not in the paper); None: lr. Their logits start near 3 and move by about lr per Adam step.
+    write_lr: float | None = None
     weight_decay: float = 0.1  # on 2-D weights only; never on the gates, norms or biases
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -183,6 +186,8 @@ class OptimConfig:
         s = "optim"
         _float(s, "lr", self.lr, lo_open=True)
         _float(s, "gate_lr", self.gate_lr)
+        if self.write_lr is not None:
+            _float(s, "write_lr", self.write_lr)
         _float(s, "weight_decay", self.weight_decay)
         betas = self.betas
         if (

@@ -1,4 +1,4 @@
-"""AdamW with three parameter groups, and the warmup + cosine learning-rate schedule.
+"""AdamW with its parameter groups, and the warmup + cosine learning-rate schedule.
 
 Groups (each parameter in exactly one; tied weights counted once):
 - ``decay``: every matrix (``ndim >= 2``): projections, MLP, and the token embedding, which is tied
@@ -8,6 +8,9 @@ Groups (each parameter in exactly one; tied weights counted once):
   rate ``gate_lr`` and no weight decay. Adam's normalised steps move a logit by about lr per step,
   so at a model-sized lr the gates stay near sigmoid(0) = 0.5; weight decay would pull them back
   to 0 as well (paper.md section 4.1, the Hugging Face reproduction).
+- ``write``: the learned write strengths' projections ``blocks.{i}.attn.write_proj`` (not in the
+  paper; only with ``ModelConfig.write_strength``), peak learning rate ``write_lr`` (default lr),
+  no weight decay.
 """
 
 from __future__ import annotations
@@ -21,14 +24,16 @@ from .config import OptimConfig
 
 
 def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
-    """The three AdamW groups; each carries ``name`` and ``peak_lr`` for the schedule."""
+    """The AdamW groups (empty ones left out); each carries ``name`` and ``peak_lr`` for the schedule."""
     gate_ids = {id(p) for p in model.gates()}
-    decay, no_decay, gates = [], [], []
-    for _, p in model.named_parameters():  # named_parameters yields a tied parameter once
+    decay, no_decay, gates, write = [], [], [], []
+    for name, p in model.named_parameters():  # named_parameters yields a tied parameter once
         if not p.requires_grad:
             continue
         if id(p) in gate_ids:
             gates.append(p)
+        elif ".attn.write_proj." in name:
+            write.append(p)
         elif p.ndim >= 2:
             decay.append(p)
         else:
@@ -37,6 +42,12 @@ def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
         {"name": "decay", "params": decay, "weight_decay": optim.weight_decay, "peak_lr": optim.lr},
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0, "peak_lr": optim.lr},
         {"name": "gates", "params": gates, "weight_decay": 0.0, "peak_lr": optim.gate_lr},
+        {
+            "name": "write",
+            "params": write,
+            "weight_decay": 0.0,
+            "peak_lr": optim.lr if optim.write_lr is None else optim.write_lr,
+        },
     ]
     for g in groups:
         g["lr"] = g["peak_lr"]
