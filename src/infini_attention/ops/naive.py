@@ -30,8 +30,8 @@ def unit(x: Tensor) -> Tensor:
 
     Signed features spread keys over the whole sphere, where ELU + 1's all-positive ones crowd into
     one orthant (a first try with those let M grow along weakly written directions; with these it
-    grows the same, docs/passkey.md, "A bounded memory"). A zero vector stays zero: the layer's
-    padding keys for this rule, which so write nothing.
+    grows the same, docs/passkey.md, "A bounded memory"). A zero vector stays zero, so a zero key
+    writes nothing (padding is kept out by a write strength of 0 instead, for every rule).
     """
     return F.normalize(x, dim=-1)
 
