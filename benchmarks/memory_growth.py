@@ -49,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in range(marks[-1]):
             ids = torch.from_numpy(prompt.slice(s * N, (s + 1) * N))[None]
             if strengths is not None:
-                strengths.on_key = (prompt.key_start <= s * N + torch.arange(N)) & (
-                    s * N + torch.arange(N) < prompt.key_end
-                )
+                pos = s * N + torch.arange(N)  # [N] prompt positions of this segment
+                strengths.on_key = (prompt.key_start <= pos) & (pos < prompt.key_end)
             state = model(ids, state, logits_to_keep=1).state
             if s + 1 in marks:
                 rows.append((s + 1, [round(float(ls.M.norm(dim=(-2, -1)).max()), 2) for ls in state.layers]))
